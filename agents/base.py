@@ -1,0 +1,38 @@
+"""The agent contract: an async policy that answers a chat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+Message = dict[str, Any]
+
+
+@dataclass
+class AgentResponse:
+    """One assistant turn: the text, and the generated token ids and their logprobs where the backend knows them."""
+
+    text: str
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    finish_reason: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """A policy: given the chat so far (OpenAI-style message dicts), produce the next assistant message."""
+
+    name: str
+
+    async def act(self, messages: list[Message]) -> AgentResponse:
+        """Return the next assistant turn for ``messages``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections, threads or models held by the agent."""
+        ...
+
+
+class AgentError(RuntimeError):
+    """The backend failed for good (after its retries); the rollout records the episode as failed."""

@@ -1,0 +1,203 @@
+"""An agent that asks any OpenAI-compatible chat server (OpenAI, vLLM, SGLang, Ollama, ...) for each turn."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+from aligngym.agents.base import AgentError, AgentResponse, Message
+
+# The client's first backoff delay (openai._constants.INITIAL_RETRY_DELAY); our scale is relative to it.
+_CLIENT_INITIAL_RETRY_DELAY = 0.5
+
+
+@dataclass
+class ToolCallResponse(AgentResponse):
+    """An assistant turn that calls tools: ``tool_calls`` are the wire-format dicts (id, type, function)."""
+
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _AsyncOpenAI(openai.AsyncOpenAI):
+    """``AsyncOpenAI`` whose exponential backoff starts at ``retry_backoff_s`` instead of 0.5 s."""
+
+    def __init__(self, *args: Any, retry_backoff_s: float = _CLIENT_INITIAL_RETRY_DELAY, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._backoff_scale = retry_backoff_s / _CLIENT_INITIAL_RETRY_DELAY
+
+    def _calculate_retry_timeout(
+        self, remaining_retries: int, options: Any, response_headers: Any = None
+    ) -> float:
+        delay = super()._calculate_retry_timeout(remaining_retries, options, response_headers)
+        # A server's Retry-After is obeyed as sent; only our own backoff is rescaled.
+        if response_headers is not None and (
+            "retry-after" in response_headers or "retry-after-ms" in response_headers
+        ):
+            return delay
+        return delay * self._backoff_scale
+
+
+def _one_line(exc: BaseException) -> str:
+    """The most specific cause of ``exc`` as ``Type: message`` on one line."""
+    cause: BaseException = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    return f"{type(cause).__name__}: {text}" if cause is not exc else text
+
+
+def _status_message(exc: openai.APIStatusError) -> str:
+    """The server's own error message (the client prefixes ``Error code: N - ``; the status is said already)."""
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return " ".join(body["message"].split())
+    return _one_line(exc)
+
+
+class OpenAIAgent:
+    """A policy served over the OpenAI chat-completions protocol.
+
+    Retries are the ``openai`` client's own: ``max_retries`` attempts after the first, with exponential
+    backoff from ``retry_backoff_s``, on connection errors (refused, dropped without an answer), timeouts,
+    408/409/429 and 5xx answers. When they run out, ``act`` raises ``AgentError`` naming the URL and cause.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key: str = "EMPTY",
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_tokens: int | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        logprobs: bool = False,
+        extra_body: dict[str, Any] | None = None,
+        name: str | None = None,
+        *,
+        retry_backoff_s: float = _CLIENT_INITIAL_RETRY_DELAY,
+    ):
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_tokens = max_tokens
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.logprobs = logprobs
+        self.extra_body = dict(extra_body or {})
+        self.name = name or model
+        self.retry_backoff_s = retry_backoff_s
+        self._client: _AsyncOpenAI | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The client for the running event loop (pooled connections belong to the loop that opened them)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            self._client = _AsyncOpenAI(
+                base_url=self.base_url,
+                api_key=self.api_key,
+                timeout=self.timeout,
+                max_retries=self.max_retries,
+                retry_backoff_s=self.retry_backoff_s,
+            )
+            self._client_loop = loop
+        return self._client
+
+    async def act(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> AgentResponse:
+        """Ask the server for the next assistant turn; a ``ToolCallResponse`` when the model calls tools."""
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+        }
+        if self.max_tokens is not None:
+            kwargs["max_tokens"] = self.max_tokens
+        if self.logprobs:
+            kwargs["logprobs"] = True
+        if tools:
+            kwargs["tools"] = tools
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
+        try:
+            completion = await self.client.chat.completions.create(**kwargs)
+        except openai.APIStatusError as exc:
+            raise AgentError(
+                f"{self.base_url} answered HTTP {exc.status_code} for model {self.model!r}: {_status_message(exc)}"
+            ) from exc
+        except openai.APITimeoutError as exc:
+            raise AgentError(
+                f"{self.base_url} did not answer within {self.timeout:g}s "
+                f"(tried {self.max_retries + 1} times) for model {self.model!r}"
+            ) from exc
+        except openai.APIConnectionError as exc:
+            raise AgentError(
+                f"cannot reach {self.base_url} (tried {self.max_retries + 1} times): {_one_line(exc)}"
+            ) from exc
+        except openai.OpenAIError as exc:
+            raise AgentError(f"request to {self.base_url} failed: {_one_line(exc)}") from exc
+        if not completion.choices:
+            raise AgentError(f"{self.base_url} returned no choices for model {self.model!r}")
+        return self._response(completion)
+
+    def _response(self, completion: Any) -> AgentResponse:
+        choice = completion.choices[0]
+        message = choice.message
+        logprobs = None
+        if choice.logprobs is not None and choice.logprobs.content:
+            logprobs = [t.logprob for t in choice.logprobs.content]
+        # vLLM returns generated ids on the choice when asked (extra_body={"return_token_ids": True}).
+        token_ids = getattr(choice, "token_ids", None)
+        usage = completion.usage
+        fields: dict[str, Any] = {
+            "text": message.content or "",
+            "token_ids": list(token_ids) if isinstance(token_ids, list) else None,
+            "logprobs": logprobs,
+            "finish_reason": choice.finish_reason,
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            }
+            if usage is not None
+            else {},
+        }
+        if message.tool_calls:
+            return ToolCallResponse(**fields, tool_calls=[call.model_dump() for call in message.tool_calls])
+        return AgentResponse(**fields)
+
+    async def check(self) -> None:
+        """Fail fast with a fix hint when the server is unreachable (``GET /models``, one retry at most)."""
+        client = self.client.with_options(
+            max_retries=min(self.max_retries, 1), timeout=min(self.timeout, 10.0)
+        )
+        hint = f"(start it, e.g. `vllm serve {self.model}`, or fix --base-url)"
+        try:
+            await client.models.list()
+        except openai.APIStatusError as exc:
+            raise AgentError(
+                f"OpenAI-compatible server at {self.base_url} answered HTTP {exc.status_code} to GET /models: "
+                f"{_status_message(exc)} {hint}"
+            ) from exc
+        except openai.OpenAIError as exc:
+            raise AgentError(
+                f"cannot reach OpenAI-compatible server at {self.base_url}: {_one_line(exc)} {hint}"
+            ) from exc
+
+    async def aclose(self) -> None:
+        """Close the HTTP client and its pooled connections."""
+        client, loop = self._client, self._client_loop
+        self._client = self._client_loop = None
+        # A client opened in an earlier (now closed) loop cannot close its sockets from this one; drop it.
+        if client is not None and loop is asyncio.get_running_loop():
+            await client.close()
+
+    def __repr__(self) -> str:
+        return f"OpenAIAgent(model={self.model!r}, base_url={self.base_url!r})"

@@ -1,0 +1,541 @@
+"""A scripted OpenAI-protocol chat server on asyncio streams, for tests and throughput benchmarks.
+
+It speaks enough HTTP/1.1 (keep-alive, Content-Length and chunked request bodies) and enough of the OpenAI
+API (``GET /v1/models``, ``POST /v1/chat/completions`` with or without ``stream``) for the official
+``openai`` client, answers from a script, and can inject latency and faults (HTTP errors, hangs, dropped
+connections) so that retry and timeout paths are tested against real sockets rather than mocks.
+
+Run it by hand with ``python -m aligngym.agents.server --port 8001 --latency 0.1 --reply "42"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import inspect
+import itertools
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Message = dict[str, Any]
+#: A list of replies chosen by turn, or ``(messages, request) -> str | dict`` (a dict is the full message).
+Responder = Sequence[str] | Callable[[list[Message], dict[str, Any]], Any]
+#: One per-request action: ``{"status": 500}``, ``{"hang": 2.0}``, ``{"close": True}`` or ``None`` (normal).
+Fault = dict[str, Any] | None
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+_MAX_BODY = 64 * 1024 * 1024
+# Tokens keep their leading whitespace so that joining them gives back the text (as real tokenizers do).
+_TOKEN_RE = re.compile(r"\s*\S+(?:\s+$)?")
+
+
+@dataclass(slots=True)
+class _Request:
+    """One parsed HTTP request."""
+
+    method: str
+    path: str
+    body: bytes
+    keep_alive: bool
+
+
+class _HTTPError(Exception):
+    """An error answered with an OpenAI-shaped JSON body."""
+
+    def __init__(
+        self, status: int, message: str, type_: str = "invalid_request_error", headers: dict | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.headers = headers or {}
+
+
+def tokenize(text: str) -> list[str]:
+    """Whitespace tokens of ``text`` that concatenate back to it; the server's notion of a token."""
+    return _TOKEN_RE.findall(text)
+
+
+def _text_of(content: Any) -> str:
+    # Content is a string or a list of parts ({"type": "text", "text": ...}, images, ...).
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _error_body(status: int, message: str, type_: str) -> bytes:
+    code = "not_found" if status == 404 else None
+    return json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
+
+
+class ScriptedChatServer:
+    """An OpenAI-compatible chat server whose replies come from a script, with optional latency and faults.
+
+    ``responder`` as a list picks the reply by the number of assistant messages already in the request's
+    ``messages`` (the turn index within that conversation), clamped to the last entry, so concurrent
+    conversations each get the script from the start. As a callable it gets ``(messages, request)`` and
+    returns a string (the content) or a dict (the whole assistant message, e.g. with ``tool_calls``; an
+    optional ``finish_reason`` key sets the choice's). It may be a coroutine function.
+
+    ``faults`` are consumed one per request in arrival order (any path) until exhausted; then requests are
+    served normally. ``hang`` sleeps first and then serves the request, ``close`` drops the connection
+    without an answer, ``status`` answers that HTTP error (with ``message`` and ``headers`` if given).
+    ``latency_s`` delays every chat completion (not the models list) without blocking the loop.
+    ``requests`` counts requests received, faulty ones included; ``last_request`` is the last chat body.
+    """
+
+    def __init__(
+        self,
+        responder: Responder,
+        latency_s: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        model: str = "scripted",
+        faults: Iterable[Fault] | None = None,
+    ):
+        if not callable(responder):
+            responder = list(responder)
+            if not responder or not all(isinstance(r, str) for r in responder):
+                raise ValueError("responder must be a non-empty list of strings or a callable")
+        self.responder = responder
+        self.latency_s = latency_s
+        self.host = host
+        self.port = port
+        self.model = model
+        self.faults = faults
+        self.requests = 0
+        self.last_request: dict[str, Any] | None = None
+        self._ids = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task] = set()
+
+    @property
+    def faults(self) -> Iterator[Fault] | None:
+        """The pending fault actions (assign any iterable to replace them)."""
+        return self._faults
+
+    @faults.setter
+    def faults(self, faults: Iterable[Fault] | None) -> None:
+        self._faults = iter(faults) if faults is not None else None
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI ``base_url`` of this server, e.g. ``http://127.0.0.1:8001/v1``."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/v1"
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> ScriptedChatServer:
+        """Listen on ``host:port`` in the running loop; ``port=0`` picks a free port (see ``base_url``)."""
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        self._server = await asyncio.start_server(self._serve_connection, self.host, self.port, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        """Stop listening and drop open connections (hanging requests included)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+    async def __aenter__(self) -> ScriptedChatServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @contextlib.contextmanager
+    def run_in_thread(self) -> Iterator[ScriptedChatServer]:
+        """Serve from a background thread with its own event loop for the duration of the ``with`` block."""
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start())
+            except BaseException as exc:  # e.g. port in use: re-raised in the caller's thread
+                failure.append(exc)
+                started.set()
+                loop.close()
+                return
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(self.stop())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+        thread = threading.Thread(target=main, name=f"ScriptedChatServer:{self.port}", daemon=True)
+        thread.start()
+        started.wait()
+        if failure:
+            raise failure[0]
+        try:
+            yield self
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while True:
+                try:
+                    request = await self._read_request(reader)
+                except _HTTPError as err:
+                    self._write_error(writer, err, keep_alive=False)
+                    await writer.drain()
+                    break
+                if request is None or not await self._handle(request, writer):
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away; nothing to answer
+        except asyncio.CancelledError:
+            # stop() cancels connections; ending quietly keeps Python 3.11's stream callback from logging it
+            pass
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            writer.close()
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> _Request | None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial.strip():
+                raise _HTTPError(400, "incomplete request head") from None
+            return None  # clean end of a keep-alive connection
+        except asyncio.LimitOverrunError:
+            raise _HTTPError(431, "request head too large") from None
+        lines = head.decode("latin-1").split("\r\n")
+        try:
+            method, target, version = lines[0].split(" ", 2)
+        except ValueError:
+            raise _HTTPError(400, f"malformed request line {lines[0]!r}") from None
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            body = await self._read_chunked(reader)
+        else:
+            try:
+                length = int(headers.get("content-length", "0"))
+            except ValueError:
+                raise _HTTPError(400, "invalid Content-Length") from None
+            if length > _MAX_BODY:
+                raise _HTTPError(413, f"request body over {_MAX_BODY} bytes")
+            body = await reader.readexactly(length) if length > 0 else b""
+        connection = headers.get("connection", "").lower()
+        keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
+        return _Request(method.upper(), target.split("?", 1)[0], body, keep_alive)
+
+    async def _read_chunked(self, reader: asyncio.StreamReader) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            size_line = await reader.readline()
+            try:
+                size = int(size_line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise _HTTPError(400, "malformed chunk size") from None
+            if size == 0:
+                while (await reader.readline()).strip():  # trailers, up to the blank line
+                    pass
+                return b"".join(parts)
+            total += size
+            if total > _MAX_BODY:
+                raise _HTTPError(413, f"request body over {_MAX_BODY} bytes")
+            parts.append(await reader.readexactly(size))
+            await reader.readexactly(2)
+
+    def _write(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        payload: bytes,
+        keep_alive: bool,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()) if headers else ""
+        head = (
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+            f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n{extra}\r\n"
+        )
+        writer.write(head.encode("latin-1") + payload)
+
+    def _write_error(self, writer: asyncio.StreamWriter, err: _HTTPError, keep_alive: bool) -> None:
+        self._write(
+            writer, err.status, _error_body(err.status, err.message, err.type), keep_alive, err.headers
+        )
+
+    async def _handle(self, request: _Request, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; return whether the connection stays open."""
+        self.requests += 1
+        fault = next(self._faults, None) if self._faults is not None else None
+        if fault:
+            if fault.get("hang"):
+                await asyncio.sleep(float(fault["hang"]))
+            if fault.get("close"):
+                return False
+            if fault.get("status"):
+                status = int(fault["status"])
+                message = fault.get("message", f"injected fault: HTTP {status}")
+                type_ = "server_error" if status >= 500 else "invalid_request_error"
+                err = _HTTPError(status, message, type_, fault.get("headers"))
+                self._write_error(writer, err, request.keep_alive)
+                await writer.drain()
+                return request.keep_alive
+        try:
+            await self._route(request, writer)
+        except _HTTPError as err:
+            self._write_error(writer, err, request.keep_alive)
+        await writer.drain()
+        return request.keep_alive
+
+    async def _route(self, request: _Request, writer: asyncio.StreamWriter) -> None:
+        path = request.path.rstrip("/")
+        if path == "/v1/chat/completions":
+            self._require(request, "POST")
+            await self._chat(request, writer)
+        elif path == "/v1/models":
+            self._require(request, "GET")
+            body = {"object": "list", "data": [self._model_card()]}
+            self._write(writer, 200, json.dumps(body).encode(), request.keep_alive)
+        elif path.startswith("/v1/models/"):
+            self._require(request, "GET")
+            if path[len("/v1/models/") :] != self.model:
+                raise _HTTPError(404, f"The model `{path[len('/v1/models/') :]}` does not exist.")
+            self._write(writer, 200, json.dumps(self._model_card()).encode(), request.keep_alive)
+        elif path == "/health":
+            self._write(writer, 200, b"{}", request.keep_alive)
+        else:
+            raise _HTTPError(404, f"Invalid URL ({request.method} {request.path})")
+
+    @staticmethod
+    def _require(request: _Request, method: str) -> None:
+        if request.method != method:
+            raise _HTTPError(405, f"Method {request.method} not allowed for {request.path}; use {method}")
+
+    def _model_card(self) -> dict[str, Any]:
+        return {"id": self.model, "object": "model", "created": 0, "owned_by": "aligngym"}
+
+    # -- chat completions ---------------------------------------------------------------------------
+    async def _chat(self, request: _Request, writer: asyncio.StreamWriter) -> None:
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            raise _HTTPError(400, "request body is not valid JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
+            raise _HTTPError(400, "'messages' must be a non-empty list of message objects")
+        messages = body["messages"]
+        if not all(isinstance(m, dict) for m in messages):
+            raise _HTTPError(400, "'messages' must be a non-empty list of message objects")
+        self.last_request = body
+        if self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)
+        try:
+            reply = self._reply(messages, body)
+            if inspect.isawaitable(reply):
+                reply = await reply
+            message, finish_reason = _as_message(reply)
+        except Exception as exc:  # a broken test responder should surface as a server error, not a hang
+            raise _HTTPError(500, f"responder failed: {type(exc).__name__}: {exc}", "server_error") from None
+
+        tokens = tokenize(message["content"]) if isinstance(message.get("content"), str) else []
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(limit, int) and 0 < limit < len(tokens):
+            tokens = tokens[:limit]
+            message["content"] = "".join(tokens)
+            finish_reason = "length"
+        if finish_reason is None:
+            finish_reason = "tool_calls" if message.get("tool_calls") else "stop"
+        prompt_tokens = sum(len(_text_of(m.get("content")).split()) for m in messages)
+        n = max(1, int(body.get("n") or 1))
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(tokens) * n,
+            "total_tokens": prompt_tokens + len(tokens) * n,
+        }
+        top = int(body.get("top_logprobs") or 0)
+        logprobs = [_token_logprob(t, i, top) for i, t in enumerate(tokens)] if body.get("logprobs") else None
+        header = {
+            "id": f"chatcmpl-{next(self._ids):012x}",
+            "created": int(time.time()),
+            "model": body.get("model") or self.model,
+        }
+        if body.get("stream"):
+            events = _stream_events(header, message, tokens, logprobs, finish_reason, n, usage, body)
+            self._write_stream(writer, events, request.keep_alive)
+            return
+        choice_logprobs = {"content": logprobs, "refusal": None} if logprobs is not None else None
+        choices = [
+            {"index": i, "message": message, "logprobs": choice_logprobs, "finish_reason": finish_reason}
+            for i in range(n)
+        ]
+        completion = {**header, "object": "chat.completion", "choices": choices, "usage": usage}
+        self._write(writer, 200, json.dumps(completion).encode(), request.keep_alive)
+
+    def _reply(self, messages: list[Message], body: dict[str, Any]) -> Any:
+        if callable(self.responder):
+            return self.responder(messages, body)
+        turn = sum(1 for m in messages if m.get("role") == "assistant")
+        return self.responder[min(turn, len(self.responder) - 1)]
+
+    def _write_stream(self, writer: asyncio.StreamWriter, events: list[Any], keep_alive: bool) -> None:
+        # All events go out in one write: the stream shape is what clients parse, pacing adds nothing here.
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            f"Transfer-Encoding: chunked\r\nConnection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+        )
+        out = [head.encode("latin-1")]
+        for event in events:
+            data = b"data: " + (event if isinstance(event, bytes) else json.dumps(event).encode()) + b"\n\n"
+            out.append(b"%x\r\n%s\r\n" % (len(data), data))
+        out.append(b"0\r\n\r\n")
+        writer.write(b"".join(out))
+
+
+def _as_message(reply: Any) -> tuple[dict[str, Any], str | None]:
+    """Normalise a responder's return value to an assistant message and an optional finish reason."""
+    if isinstance(reply, str):
+        return {"role": "assistant", "content": reply}, None
+    if not isinstance(reply, dict):
+        raise TypeError(f"responder returned {type(reply).__name__}; expected str or dict")
+    message = dict(reply)
+    finish_reason = message.pop("finish_reason", None)
+    message.setdefault("role", "assistant")
+    message.setdefault("content", None)
+    if message.get("tool_calls"):
+        message["tool_calls"] = [_tool_call(call, i) for i, call in enumerate(message["tool_calls"])]
+    return message, finish_reason
+
+
+def _tool_call(call: dict[str, Any], index: int) -> dict[str, Any]:
+    # Tests may write arguments as a dict and omit ids; the wire format needs a JSON string and an id.
+    call = dict(call)
+    call.setdefault("id", f"call_{index}")
+    call.setdefault("type", "function")
+    function = dict(call.get("function") or {})
+    if not isinstance(function.get("arguments"), str):
+        function["arguments"] = json.dumps(function.get("arguments") or {})
+    call["function"] = function
+    return call
+
+
+def _token_logprob(token: str, index: int, top: int) -> dict[str, Any]:
+    # Deterministic, negative, varying values: plausible enough for parsers and for tests to compare.
+    logprob = -0.05 * (1 + index % 7)
+    entry = {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": []}
+    if top > 0:
+        alternatives = [(f"<alt{j}>", logprob - j) for j in range(1, top)]
+        entry["top_logprobs"] = [
+            {"token": t, "logprob": lp, "bytes": list(t.encode())}
+            for t, lp in [(token, logprob), *alternatives]
+        ]
+    return entry
+
+
+def _stream_events(
+    header: dict[str, Any],
+    message: dict[str, Any],
+    tokens: list[str],
+    logprobs: list[dict[str, Any]] | None,
+    finish_reason: str,
+    n: int,
+    usage: dict[str, int],
+    body: dict[str, Any],
+) -> list[Any]:
+    """The SSE ``chat.completion.chunk`` sequence for a reply, ending with ``[DONE]``."""
+    base = {**header, "object": "chat.completion.chunk"}
+
+    def chunk(index: int, delta: dict[str, Any], lp: Any = None, finish: str | None = None) -> dict[str, Any]:
+        return {
+            **base,
+            "choices": [{"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}],
+        }
+
+    events: list[Any] = []
+    for i in range(n):
+        events.append(chunk(i, {"role": "assistant", "content": ""}))
+        for k, token in enumerate(tokens):
+            lp = {"content": [logprobs[k]], "refusal": None} if logprobs is not None else None
+            events.append(chunk(i, {"content": token}, lp))
+        if message.get("tool_calls"):
+            calls = [{"index": j, **call} for j, call in enumerate(message["tool_calls"])]
+            events.append(chunk(i, {"tool_calls": calls}))
+        events.append(chunk(i, {}, None, finish_reason))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append({**base, "choices": [], "usage": usage})
+    events.append(b"[DONE]")
+    return events
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: serve scripted replies until interrupted."""
+    parser = argparse.ArgumentParser(description="Serve scripted replies over the OpenAI chat API.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001, help="0 picks a free port (printed on start)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every chat completion")
+    parser.add_argument("--model", default="scripted", help="model id reported by /v1/models")
+    parser.add_argument(
+        "--reply", action="append", help="reply for the next assistant turn (repeat for later turns)"
+    )
+    args = parser.parse_args(argv)
+    server = ScriptedChatServer(
+        args.reply or ["OK"], latency_s=args.latency, host=args.host, port=args.port, model=args.model
+    )
+
+    async def serve() -> None:
+        async with server:
+            print(f"serving model {server.model!r} at {server.base_url}", flush=True)
+            await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The tiny built-in policy: a random-initialised causal LM and a character tokenizer, built locally.
+
+Nothing is downloaded: the tokenizer is assembled with ``tokenizers`` from a fixed character set, the model
+from a ``LlamaConfig``. It is small enough to train on a laptop CPU in minutes, and it is a real
+transformers model, so every code path that loads a hub model is exercised by it.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+TINY_NAME = "tiny"
+SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|im_start|>", "<|im_end|>"]
+# ChatML, the format most open chat models use, so the tiny model looks like one to every code path.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass
+class TinyConfig:
+    """Size of the tiny policy; the defaults train visibly on 2 CPU cores in about two minutes."""
+
+    hidden_size: int = field(default=64, metadata={"help": "Width of the transformer."})
+    num_hidden_layers: int = field(default=2, metadata={"help": "Number of decoder layers."})
+    num_attention_heads: int = field(default=4, metadata={"help": "Attention heads per layer."})
+    intermediate_size: int = field(default=128, metadata={"help": "Width of the MLP."})
+    max_position_embeddings: int = field(default=2048, metadata={"help": "Longest sequence in tokens."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random initialisation."})
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer with a ChatML chat template (printable ASCII; other characters map to unk)."""
+    chars = sorted(set(string.printable))
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for ch in chars:
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
+    # One token per character; Fuse joins them back without the spaces WordLevel would insert.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<|unk|>",
+        pad_token="<|pad|>",
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def build_tiny_model(config: TinyConfig | None = None, tokenizer: PreTrainedTokenizerFast | None = None):
+    """A random-initialised Llama-style causal LM sized by ``config``, matched to the tiny tokenizer."""
+    config = config or TinyConfig()
+    tokenizer = tokenizer or build_tiny_tokenizer()
+    llama = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_attention_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = LlamaForCausalLM(llama)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def load_model_and_tokenizer(name_or_path: str, dtype: torch.dtype | None = None, device: str | None = None):
+    """Load ``tiny`` (built locally) or any transformers causal LM by path or hub name."""
+    if name_or_path == TINY_NAME:
+        tokenizer = build_tiny_tokenizer()
+        model = build_tiny_model(tokenizer=tokenizer)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or "auto")
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+    if device:
+        model.to(device)
+    return model, tokenizer

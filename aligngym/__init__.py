@@ -1,0 +1,28 @@
+"""aligngym: every alignment signal is an environment.
+
+Importing ``aligngym`` registers every built-in environment under the ``aligngym/`` namespace, so
+``gymnasium.make("aligngym/CodeExec-v0")`` works after it.
+"""
+
+from aligngym.envs import StepResult, TextEnv, TextSpace, make, register, registered
+
+from .rollout import RolloutSummary, play_episode, rollout
+from .trajectory import Trajectory, TrajectoryWriter, read_trajectories
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RolloutSummary",
+    "StepResult",
+    "TextEnv",
+    "TextSpace",
+    "Trajectory",
+    "TrajectoryWriter",
+    "__version__",
+    "make",
+    "play_episode",
+    "read_trajectories",
+    "register",
+    "registered",
+    "rollout",
+]

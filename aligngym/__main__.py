@@ -1,0 +1,7 @@
+"""``python -m aligngym`` is the ``aligngym`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,165 @@
+"""The ``aligngym`` command: list environments, run rollouts, train.
+
+Every user error (unknown env id, bad JSON, bad YAML, unreachable server) is one line on stderr and exit
+code 2; a crash in our own code keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for; printed as one line, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aligngym", description="Every alignment signal is an environment.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("envs", help="list registered environment ids")
+
+    ro = sub.add_parser("rollout", help="run an agent in an environment and write trajectories as JSONL")
+    ro.add_argument("env_id", metavar="ENV_ID", help="registered id, e.g. aligngym/CodeExec-v0")
+    ro.add_argument("--model", required=True, help="'tiny', a local path / hub name, or the server's model name")
+    ro.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (vllm serve)")
+    ro.add_argument("--episodes", type=int, required=True, help="number of episodes")
+    ro.add_argument("--concurrency", type=int, default=8, help="episodes in flight at once (default 8)")
+    ro.add_argument("--env-kwargs", default="{}", help='JSON object of env arguments, e.g. \'{"max_turns": 3}\'')
+    ro.add_argument("--out", required=True, help="output JSONL file")
+    ro.add_argument("--resume", action="store_true", help="skip the episodes already complete in --out")
+    ro.add_argument("--seed", type=int, default=0, help="episode i uses seed SEED+i (default 0)")
+    ro.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    ro.add_argument("--max-tokens", type=int, default=None, help="most tokens per assistant turn")
+    ro.add_argument("--api-key", default="EMPTY", help="API key for --base-url (default EMPTY)")
+    ro.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    tr = sub.add_parser("train", help="train a policy from environment rewards (TRL)")
+    tr.add_argument("config", metavar="CONFIG.yaml", help="training config (see examples/quickstart.yaml)")
+    tr.add_argument("--output-dir", help="overrides output_dir of the config")
+    return parser
+
+
+def _cmd_envs(_: argparse.Namespace) -> int:
+    from aligngym.envs import registered
+
+    entries = registered()
+    width = max((len(i) for i in entries), default=0)
+    for env_id, entry in entries.items():
+        kind = "multi-agent" if entry.multi_agent else "single-agent"
+        print(f"{env_id:<{width}}  {kind:<12}  {entry.description}")
+    return 0
+
+
+def _json_object(text: str, flag: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{flag} is not valid JSON ({exc.msg} at char {exc.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{flag} must be a JSON object like '{{\"max_turns\": 3}}', got {text!r}")
+    return value
+
+
+def _check_env(env_id: str, env_kwargs: dict[str, Any]) -> None:
+    from aligngym.envs.registry import UnknownEnvError, make
+
+    try:
+        make(env_id, **env_kwargs).close()
+    except UnknownEnvError as exc:
+        raise UsageError(str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"cannot create {env_id} with --env-kwargs {json.dumps(env_kwargs)}: {exc}") from None
+
+
+async def _rollout(args: argparse.Namespace) -> int:
+    from aligngym.agents.base import AgentError
+    from aligngym.agents.factory import build_agent
+    from aligngym.rollout import rollout
+
+    env_kwargs = _json_object(args.env_kwargs, "--env-kwargs")
+    if args.episodes < 0 or args.concurrency < 1:
+        raise UsageError("--episodes must be >= 0 and --concurrency >= 1")
+    _check_env(args.env_id, env_kwargs)
+    extra = {"api_key": args.api_key} if args.base_url else {}
+    try:
+        agent = build_agent(
+            args.model, args.base_url, temperature=args.temperature, max_tokens=args.max_tokens, **extra
+        )
+    except OSError as exc:  # transformers' "not a local folder or hub id" family
+        raise UsageError(f"cannot load model {args.model!r}: {str(exc).splitlines()[0]}") from None
+    try:
+        if args.base_url:
+            try:
+                await agent.check()
+            except AgentError as exc:
+                raise UsageError(str(exc)) from None
+        summary = await rollout(
+            args.env_id,
+            agent,
+            episodes=args.episodes,
+            out=args.out,
+            concurrency=args.concurrency,
+            env_kwargs=env_kwargs,
+            seed=args.seed,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
+    finally:
+        await agent.aclose()
+    print(
+        f"wrote {summary.written} episodes to {summary.path} "
+        f"(skipped {summary.skipped} already done, {summary.errors} errors, "
+        f"mean reward {summary.mean_reward:.4f}, {summary.episodes_per_s:.1f} episodes/s)"
+    )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from aligngym.envs.registry import UnknownEnvError, spec
+    from aligngym.trainers.config import ConfigError, load_config
+    from aligngym.trainers.logging import quarter_means, read_metrics
+
+    try:
+        config = load_config(args.config, output_dir=args.output_dir)
+        spec(config.env)
+        _check_env(config.env, config.env_kwargs)
+    except (ConfigError, UnknownEnvError) as exc:
+        raise UsageError(str(exc)) from None
+    from aligngym.trainers.run import train
+
+    train(config)
+    rows = read_metrics(config.output_dir)
+    if len(rows) >= 4:
+        first, last = quarter_means(rows)
+        print(f"mean reward: first quarter {first:.4f} -> last quarter {last:.4f}")
+    print(f"metrics, reward_curve.png and model written to {config.output_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``aligngym`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "envs":
+            return _cmd_envs(args)
+        if args.command == "rollout":
+            return asyncio.run(_rollout(args))
+        return _cmd_train(args)
+    except UsageError as exc:
+        print(f"aligngym: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("aligngym: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Base class for text environments: observations and actions are strings, the chat is in ``info``."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+Message = dict[str, Any]
+
+# Gymnasium's default Text charset is alphanumeric only, so prose fails ``contains``; we accept any
+# string and sample from printable ASCII (sampling is only used by checkers and random agents).
+_SAMPLE_CHARSET = string.printable
+
+
+class TextSpace(gym.spaces.Text):
+    """A ``Text`` space that contains any ``str`` up to ``max_length`` characters (any Unicode)."""
+
+    def __init__(self, max_length: int = 1_000_000, min_length: int = 0, seed: int | None = None):
+        super().__init__(max_length=max_length, min_length=min_length, charset=_SAMPLE_CHARSET, seed=seed)
+
+    def contains(self, x: Any) -> bool:
+        return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
+
+    def sample(self, mask: Any = None, probability: Any = None) -> str:
+        # Short samples keep env checkers fast; long random text adds nothing to a check.
+        length = int(self.np_random.integers(self.min_length, min(self.max_length, 64) + 1))
+        chars = self.np_random.choice(list(_SAMPLE_CHARSET), size=length)
+        return "".join(chars)
+
+    def __repr__(self) -> str:
+        return f"TextSpace(max_length={self.max_length})"
+
+
+@dataclass
+class StepResult:
+    """What one turn of a text environment produced (the return value of ``TextEnv.turn``)."""
+
+    observation: str = ""
+    reward: float = 0.0
+    terminated: bool = False
+    components: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class TextEnv(gym.Env[str, str], abc.ABC):
+    """A chat-shaped environment: ``reset`` gives the first user message, ``step`` takes the assistant's reply.
+
+    Subclasses implement ``new_episode`` (pick a task from ``self.np_random``, return the first message) and
+    ``turn`` (score one assistant message); this class owns the message history, turn limit, truncation,
+    reward components and the ``info`` layout, so no environment re-implements the turn loop.
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+    #: Human-readable one-liner shown by ``aligngym envs``.
+    description: str = ""
+
+    def __init__(self, max_turns: int = 1, system_prompt: str | None = None, render_mode: str | None = None):
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        self.max_turns = max_turns
+        self.system_prompt = system_prompt
+        self.render_mode = render_mode
+        self.observation_space = TextSpace()
+        self.action_space = TextSpace()
+        self.messages: list[Message] = []
+        self.turns = 0
+        self.episode_reward = 0.0
+        self._done = False
+
+    # -- to implement -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def new_episode(self, options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+        """Choose this episode's task (using ``self.np_random``) and return the first user message and info."""
+
+    @abc.abstractmethod
+    def turn(self, action: str) -> StepResult:
+        """Score one assistant message; return the next observation, reward and whether the task is done."""
+
+    async def aturn(self, action: str) -> StepResult:
+        """Async twin of ``turn``; environments that block (sandboxes, servers) override it."""
+        return self.turn(action)
+
+    # -- gymnasium API ------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
+        super().reset(seed=seed)
+        self.turns = 0
+        self.episode_reward = 0.0
+        self._done = False
+        observation, info = self.new_episode(options)
+        self.messages = []
+        if self.system_prompt:
+            self.messages.append({"role": "system", "content": self.system_prompt})
+        self.messages.append({"role": "user", "content": observation})
+        return observation, self._info(info, {})
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict]:
+        self._before_turn(action)
+        return self._after_turn(self.turn(action))
+
+    async def astep(self, action: str) -> tuple[str, float, bool, bool, dict]:
+        """Async ``step``: the rollout loop uses it so that a blocking environment does not stall others."""
+        self._before_turn(action)
+        return self._after_turn(await self.aturn(action))
+
+    def render(self) -> str | None:
+        if self.render_mode == "ansi":
+            return "\n".join(f"[{m['role']}] {m['content']}" for m in self.messages)
+        return None
+
+    # -- shared turn loop ---------------------------------------------------------------------------
+    def _before_turn(self, action: str) -> None:
+        if self._done:
+            raise RuntimeError("step() called on a finished episode; call reset() first")
+        if not isinstance(action, str):
+            raise TypeError(f"action must be a str (the assistant message), got {type(action).__name__}")
+        self.turns += 1
+        self.messages.append({"role": "assistant", "content": action})
+
+    def _after_turn(self, result: StepResult) -> tuple[str, float, bool, bool, dict]:
+        # A single-turn task ends with its one answer: that is a terminal state, not a cut-off (and
+        # gymnasium's checker rightly rejects truncation after one step). Multi-turn episodes that run out
+        # of turns are truncated.
+        terminated = bool(result.terminated) or self.max_turns == 1
+        truncated = not terminated and self.turns >= self.max_turns
+        self._done = terminated or truncated
+        if not self._done:
+            self.messages.append({"role": "user", "content": result.observation})
+        reward = float(result.reward)
+        self.episode_reward += reward
+        return result.observation, reward, terminated, truncated, self._info(result.info, result.components)
+
+    def _info(self, extra: dict[str, Any], components: dict[str, float]) -> dict[str, Any]:
+        info = dict(extra)
+        info["messages"] = [dict(m) for m in self.messages]
+        info["reward_components"] = {k: float(v) for k, v in components.items()}
+        info["turn"] = self.turns
+        return info
+
+
+def rng_choice_index(rng: np.random.Generator, n: int) -> int:
+    """A seeded index in ``range(n)``; environments pick tasks with it so same seed gives same task."""
+    return int(rng.integers(0, n))
+
+
+async def run_blocking(fn, *args):
+    """Run a blocking call in a worker thread (used by ``aturn`` of environments that wait on processes)."""
+    return await asyncio.to_thread(fn, *args)

@@ -1,0 +1,196 @@
+"""aligngym/CodeExec-v0: write a Python function; the reward is the fraction of unit tests it passes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aligngym.feedback.unit_tests import CodeTask, UnitTestVerifier, VerifyResult
+
+from .base import StepResult, TextEnv, rng_choice_index
+
+_PY_LANGS = {"", "python", "python3", "py"}
+_INSTRUCTION = "Answer with the complete solution in a single ```python code block."
+_FEEDBACK_LIMIT = 1500
+
+
+def extract_code(text: str) -> str:
+    """The last ```python / ```py / bare ``` block of ``text``; the whole text when there is none.
+
+    Fences are read line by line, so a ```bash block's closing fence never opens a python block; a final
+    python block left unclosed (a cut-off answer) still counts.
+    """
+    blocks: list[str] = []
+    lang: str | None = None  # the open block's language, None outside a block
+    body: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if lang is None and stripped.startswith("```"):
+            lang, body = stripped[3:].strip().lower(), []
+        elif lang is not None and stripped == "```":
+            if lang in _PY_LANGS:
+                blocks.append("\n".join(body) + "\n")
+            lang = None
+        elif lang is not None:
+            body.append(line)
+    if lang in _PY_LANGS and body:
+        blocks.append("\n".join(body) + "\n")
+    return blocks[-1] if blocks else text
+
+
+def load_tasks(source: str | Path | Iterable[Mapping[str, Any] | CodeTask] | None = None) -> list[CodeTask]:
+    """Tasks from a JSONL path, a list of rows, or (``None``) the shipped ``envs/data/code_tasks.jsonl``."""
+    if source is None:
+        text = resources.files("aligngym.envs").joinpath("data/code_tasks.jsonl").read_text("utf-8")
+        rows: list[Any] = _parse_jsonl(text, "code_tasks.jsonl")
+    elif isinstance(source, str | Path):
+        rows = _parse_jsonl(Path(source).read_text("utf-8"), str(source))
+    else:
+        rows = list(source)
+    tasks = [row if isinstance(row, CodeTask) else CodeTask.from_row(row, i) for i, row in enumerate(rows)]
+    seen: set[str] = set()
+    for task in tasks:
+        if task.id in seen:
+            raise ValueError(f"code task {task.id!r}: duplicate id")
+        seen.add(task.id)
+    if not tasks:
+        raise ValueError("no code tasks given")
+    return tasks
+
+
+def _parse_jsonl(text: str, name: str) -> list[Any]:
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as exc:
+            raise ValueError(f"{name}: line {lineno} is not valid JSON: {exc}") from None
+    return rows
+
+
+class CodeExecEnv(TextEnv):
+    """Write a Python function that passes hidden unit tests, run in a sandbox.
+
+    Tasks come in three forms (see ``aligngym.feedback.unit_tests.CodeTask``): MBPP-style ``tests`` (assert
+    snippets), input/output ``cases`` for an ``entry_point`` (compared strictly outside the sandbox), and
+    HumanEval rows. The answer is the last fenced python block of the assistant message.
+
+    Reward components (of the current attempt): ``pass_rate``, ``all_passed``, ``syntax_error``, ``timeout``.
+    With ``max_turns == 1`` the reward is ``pass_rate`` and the episode always terminates. With
+    ``max_turns > 1`` (self-debug) a failed attempt is answered with the failing test and its error, and each
+    turn's reward is the change in ``pass_rate`` since the previous attempt, so the episode's rewards sum to
+    the final attempt's ``pass_rate``; the episode terminates when every test passes and is truncated after
+    ``max_turns`` attempts.
+
+    ``sandbox`` is a backend name for ``aligngym.sandboxes.make_sandbox`` (created on first use, kept across
+    episodes, closed by ``close()``) or a ready sandbox object, which the caller keeps and closes.
+    """
+
+    description = "Write a Python function; reward = fraction of unit tests passed in a sandbox (self-debug)."
+
+    def __init__(
+        self,
+        tasks: str | Path | Iterable[Mapping[str, Any] | CodeTask] | None = None,
+        sandbox: Any = "local",
+        max_turns: int = 1,
+        timeout: float = 10.0,
+        sandbox_kwargs: Mapping[str, Any] | None = None,
+        system_prompt: str | None = None,
+        render_mode: str | None = None,
+    ):
+        super().__init__(max_turns=max_turns, system_prompt=system_prompt, render_mode=render_mode)
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+        self.tasks = load_tasks(tasks)
+        self._by_id = {t.id: t for t in self.tasks}
+        self.timeout = float(timeout)
+        self._sandbox_spec = sandbox
+        self._sandbox_kwargs = dict(sandbox_kwargs or {})
+        self._owned_sandbox: Any = None
+        self._verifier: UnitTestVerifier | None = None
+        self.task: CodeTask | None = None
+        self._last_rate = 0.0
+
+    # -- episode ------------------------------------------------------------------------------------
+    def new_episode(self, options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+        task_id = (options or {}).get("task_id")
+        if task_id is not None:
+            if str(task_id) not in self._by_id:
+                raise ValueError(f"unknown task_id {task_id!r}")
+            self.task = self._by_id[str(task_id)]
+        else:
+            self.task = self.tasks[rng_choice_index(self.np_random, len(self.tasks))]
+        self._last_rate = 0.0
+        return self._first_message(self.task), {"task_id": self.task.id}
+
+    @staticmethod
+    def _first_message(task: CodeTask) -> str:
+        if task.kind == "humaneval":
+            return f"Complete the following Python function.\n\n```python\n{task.prompt.rstrip()}\n```\n\n{_INSTRUCTION}"
+        return f"{task.prompt.rstrip()}\n\n{_INSTRUCTION}"
+
+    def turn(self, action: str) -> StepResult:
+        task = self._current_task()
+        return self._score(self._get_verifier().verify(extract_code(action), task))
+
+    async def aturn(self, action: str) -> StepResult:
+        task = self._current_task()
+        verifier = self._verifier or await asyncio.to_thread(self._get_verifier)
+        return self._score(await verifier.averify(extract_code(action), task))
+
+    def close(self) -> None:
+        if self._owned_sandbox is not None:
+            sandbox, self._owned_sandbox, self._verifier = self._owned_sandbox, None, None
+            sandbox.close()
+        super().close()
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _current_task(self) -> CodeTask:
+        if self.task is None:
+            raise RuntimeError("call reset() before step()")
+        return self.task
+
+    def _get_verifier(self) -> UnitTestVerifier:
+        if self._verifier is None:
+            sandbox = self._sandbox_spec
+            if isinstance(sandbox, str):
+                from aligngym.sandboxes import make_sandbox
+
+                sandbox = make_sandbox(sandbox, timeout=self.timeout, **self._sandbox_kwargs)
+                self._owned_sandbox = sandbox
+            self._verifier = UnitTestVerifier(sandbox, timeout=self.timeout)
+        return self._verifier
+
+    def _score(self, result: VerifyResult) -> StepResult:
+        rate = result.pass_rate
+        reward = rate - self._last_rate  # sums to the final pass_rate over a self-debug episode
+        self._last_rate = rate
+        done = result.all_passed or self.max_turns == 1
+        if result.all_passed:
+            observation = "All tests passed."
+        else:
+            observation = f"{result.feedback(_FEEDBACK_LIMIT)}\n\nFix the code."
+        assert self.task is not None
+        return StepResult(
+            observation=observation,
+            reward=reward,
+            terminated=done,
+            components={
+                "pass_rate": rate,
+                "all_passed": float(result.all_passed),
+                "syntax_error": float(result.syntax_error),
+                "timeout": float(result.timed_out),
+            },
+            info={
+                "task_id": self.task.id,
+                "passed": result.passed,
+                "total": result.total,
+                "status": result.status,
+            },
+        )

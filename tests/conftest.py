@@ -1,0 +1,28 @@
+"""Shared fixtures: a real OpenAI-protocol server in a thread, temporary output paths."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# TRL marks rollout_func experimental and warns on every trainer; the tests know.
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
+@pytest.fixture
+def chat_server():
+    """Start an honest OpenAI-protocol server answering from a script; yields a factory for custom ones."""
+    from aligngym.agents.server import ScriptedChatServer
+
+    servers = []
+
+    def start(responder, **kwargs):
+        ctx = ScriptedChatServer(responder, **kwargs).run_in_thread()
+        server = ctx.__enter__()
+        servers.append(ctx)
+        return server
+
+    yield start
+    for ctx in servers:
+        ctx.__exit__(None, None, None)

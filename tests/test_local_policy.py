@@ -1,0 +1,97 @@
+"""The tiny built-in policy, the local transformers agent, and the token bookkeeping of env rollouts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aligngym.agents.local import SamplingConfig, TransformersAgent, chat_prompt_ids, generate_batch
+from aligngym.agents.tiny import build_tiny_model, build_tiny_tokenizer, load_model_and_tokenizer
+from aligngym.trainers.env_rollout import EnvRollout, env_suffix_ids, prompt_key
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model_and_tokenizer("tiny")
+
+
+def test_tokenizer_round_trips_text_and_renders_chatml():
+    tok = build_tiny_tokenizer()
+    text = "def f(x):\n    return x + 1  # ok!"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    rendered = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert rendered == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.convert_ids_to_tokens(tok.eos_token_id) == "<|im_end|>"
+
+
+def test_tiny_model_is_deterministic_per_seed_and_saves(tmp_path):
+    a, b = build_tiny_model(), build_tiny_model()
+    assert all((p == q).all() for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    a.save_pretrained(tmp_path)
+    build_tiny_tokenizer().save_pretrained(tmp_path)
+    model, tok = load_model_and_tokenizer(str(tmp_path))  # the same code path as a hub model
+    assert type(model).__name__ == "LlamaForCausalLM" and len(tok) == model.config.vocab_size
+
+
+def test_generate_batch_returns_exact_ids_and_logprobs(tiny):
+    model, tok = tiny
+    prompts = [chat_prompt_ids(tok, [{"role": "user", "content": c}]) for c in ("1+1=", "a much longer prompt")]
+    out = generate_batch(model, tok, prompts, SamplingConfig(max_new_tokens=5))
+    for resp in out:
+        assert 1 <= len(resp.token_ids) <= 5 and len(resp.logprobs) == len(resp.token_ids)
+        assert all(lp <= 0.0 for lp in resp.logprobs)
+        assert resp.text == tok.decode(resp.token_ids, skip_special_tokens=True)
+    greedy = SamplingConfig(max_new_tokens=5, temperature=0)
+    assert generate_batch(model, tok, prompts, greedy)[1].token_ids == generate_batch(model, tok, prompts[1:], greedy)[0].token_ids
+
+
+def test_transformers_agent_batches_concurrent_requests(tiny):
+    model, tok = tiny
+    agent = TransformersAgent(model, tok, sampling=SamplingConfig(max_new_tokens=3))
+    calls = []
+    original = agent._generate
+    agent._generate = lambda ids: calls.append(len(ids)) or original(ids)
+
+    async def main():
+        return await asyncio.gather(*(agent.act([{"role": "user", "content": str(i)}]) for i in range(6)))
+
+    responses = asyncio.run(main())
+    assert len(responses) == 6 and calls == [6]
+
+
+def test_env_suffix_ids_marks_exactly_the_template_text(tiny):
+    _, tok = tiny
+    history = [{"role": "user", "content": "2+2="}]
+    generated = tok("5", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    new = [{"role": "assistant", "content": "5"}, {"role": "user", "content": "Wrong."}]
+    suffix = env_suffix_ids(tok, history, generated, new)
+    assert tok.decode(suffix) == "\n<|im_start|>user\nWrong.<|im_end|>\n<|im_start|>assistant\n"
+    # Cut by length: the end-of-turn token was never generated, so it belongs to the environment's text.
+    suffix = env_suffix_ids(tok, history, generated[:-1], new)
+    assert tok.decode(suffix).startswith("<|im_end|>\n<|im_start|>user")
+    full = chat_prompt_ids(tok, history) + generated + env_suffix_ids(tok, history, generated, new)
+    assert full == chat_prompt_ids(tok, history + new)
+
+
+def test_env_rollout_masks_environment_tokens(tiny):
+    import aligngym  # noqa: F401
+
+    model, tok = tiny
+    env_kwargs = {"max_turns": 3}
+    from aligngym.envs.registry import make
+
+    env = make("aligngym/Arithmetic-v0", **env_kwargs).unwrapped
+    _, info = env.reset(seed=4)
+    prompt = info["messages"]
+    rollout = EnvRollout("aligngym/Arithmetic-v0", env_kwargs, {prompt_key(prompt): 4}, SamplingConfig(max_new_tokens=3))
+    episodes = rollout.play(model, tok, [prompt, prompt])
+    for ep in episodes:
+        assert len(ep.completion_ids) == len(ep.env_mask) == len(ep.logprobs)
+        turns = sum(1 for m in ep.messages if m["role"] == "assistant")
+        # Every environment span sits between two generated spans and was written by the env.
+        env_text = tok.decode([t for t, m in zip(ep.completion_ids, ep.env_mask, strict=True) if m == 0])
+        assert env_text.count("<|im_start|>user") == turns - 1
+        assert (0 in ep.env_mask) == (turns > 1)
+    with pytest.raises(KeyError, match="dataset"):
+        rollout.play(model, tok, [[{"role": "user", "content": "not from the env"}]])

@@ -1,0 +1,178 @@
+"""OpenAIAgent against the scripted server (real sockets, the real openai client), and ScriptedAgent."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+from aligngym.agents.base import Agent, AgentError, AgentResponse
+from aligngym.agents.openai_agent import OpenAIAgent, ToolCallResponse
+from aligngym.agents.scripted import ScriptedAgent
+from aligngym.agents.server import ScriptedChatServer
+
+USER = [{"role": "user", "content": "say something"}]
+
+
+def _agent(srv: ScriptedChatServer, **kwargs) -> OpenAIAgent:
+    options = {"timeout": 2.0, "max_retries": 2, "retry_backoff_s": 0.01, **kwargs}
+    return OpenAIAgent("scripted", srv.base_url, **options)
+
+
+def _act(agent: OpenAIAgent, messages=USER, **kwargs) -> AgentResponse:
+    async def main() -> AgentResponse:
+        try:
+            return await agent.act(messages, **kwargs)
+        finally:
+            await agent.aclose()
+
+    return asyncio.run(main())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_agent_returns_text_and_usage():
+    with ScriptedChatServer(["hello world"]).run_in_thread() as srv:
+        agent = _agent(srv, temperature=0.3, top_p=0.9, max_tokens=16, extra_body={"top_k": 5})
+        assert isinstance(agent, Agent)
+        response = _act(agent)
+        assert type(response) is AgentResponse
+        assert response.text == "hello world"
+        assert response.finish_reason == "stop"
+        assert response.usage == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
+        assert response.logprobs is None
+        sent = srv.last_request
+        assert (sent["temperature"], sent["top_p"], sent["max_tokens"], sent["top_k"]) == (0.3, 0.9, 16, 5)
+        assert "logprobs" not in sent and "tools" not in sent
+
+
+def test_agent_works_across_event_loops():
+    with ScriptedChatServer(["a", "b"]).run_in_thread() as srv:
+        agent = _agent(srv)
+        assert asyncio.run(agent.act(USER)).text == "a"
+        assert asyncio.run(agent.act([*USER, {"role": "assistant", "content": "a"}, *USER])).text == "b"
+        asyncio.run(agent.aclose())
+
+
+def test_retries_through_two_500s():
+    with ScriptedChatServer(["ok"], faults=[{"status": 500}, {"status": 500}]).run_in_thread() as srv:
+        assert _act(_agent(srv, max_retries=2)).text == "ok"
+        assert srv.requests == 3
+
+
+def test_persistent_500_raises_agent_error_with_url():
+    with ScriptedChatServer(["ok"], faults=[{"status": 500}] * 10).run_in_thread() as srv:
+        with pytest.raises(AgentError, match=r"answered HTTP 500") as info:
+            _act(_agent(srv, max_retries=2))
+        assert srv.base_url in str(info.value)
+        assert "\n" not in str(info.value)
+        assert srv.requests == 3
+
+
+def test_client_error_is_not_retried():
+    with ScriptedChatServer(["ok"], faults=[{"status": 400, "message": "bad model"}]).run_in_thread() as srv:
+        with pytest.raises(AgentError, match="HTTP 400.*bad model"):
+            _act(_agent(srv))
+        assert srv.requests == 1
+
+
+def test_hang_is_retried_then_succeeds():
+    with ScriptedChatServer(["ok"], faults=[{"hang": 5}]).run_in_thread() as srv:
+        assert _act(_agent(srv, timeout=0.2, max_retries=1)).text == "ok"
+        assert srv.requests == 2
+
+
+def test_hangs_past_retries_raise_agent_error():
+    with ScriptedChatServer(["ok"], faults=[{"hang": 5}] * 3).run_in_thread() as srv:
+        start = time.perf_counter()
+        with pytest.raises(AgentError, match="did not answer within 0.2s") as info:
+            _act(_agent(srv, timeout=0.2, max_retries=2))
+        assert srv.base_url in str(info.value)
+        assert srv.requests == 3
+        assert time.perf_counter() - start < 2.0
+
+
+def test_closed_connection_is_retried():
+    with ScriptedChatServer(["ok"], faults=[{"close": True}, {"close": True}]).run_in_thread() as srv:
+        assert _act(_agent(srv, max_retries=2)).text == "ok"
+        assert srv.requests == 3
+
+
+def test_closed_connections_past_retries_raise_agent_error():
+    with ScriptedChatServer(["ok"], faults=[{"close": True}] * 5).run_in_thread() as srv:
+        with pytest.raises(AgentError, match="cannot reach") as info:
+            _act(_agent(srv, max_retries=1))
+        assert srv.base_url in str(info.value)
+        assert srv.requests == 2
+
+
+def test_check_unreachable_port_has_fix_hint():
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    agent = OpenAIAgent("my-model", url, timeout=1.0, max_retries=0)
+    with pytest.raises(AgentError) as info:
+        asyncio.run(agent.check())
+    message = str(info.value)
+    assert message.startswith(f"cannot reach OpenAI-compatible server at {url}: ")
+    assert "vllm serve my-model" in message and "--base-url" in message
+    with pytest.raises(AgentError, match="cannot reach"):
+        asyncio.run(agent.act(USER))
+
+
+def test_check_passes_when_server_is_up():
+    with ScriptedChatServer(["ok"]).run_in_thread() as srv:
+        asyncio.run(_agent(srv).check())
+        assert srv.requests == 1
+
+
+def test_logprobs_when_asked():
+    with ScriptedChatServer(["a b c"]).run_in_thread() as srv:
+        response = _act(_agent(srv, logprobs=True))
+        assert srv.last_request["logprobs"] is True
+        assert response.logprobs is not None and len(response.logprobs) == 3
+        assert all(lp < 0 for lp in response.logprobs)
+
+
+def test_tool_calls_are_returned():
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+
+    def responder(messages, request):
+        assert request["tools"] == [tool]
+        return {
+            "content": None,
+            "tool_calls": [{"id": "c1", "function": {"name": "lookup", "arguments": "{}"}}],
+        }
+
+    with ScriptedChatServer(responder).run_in_thread() as srv:
+        response = _act(_agent(srv), tools=[tool])
+    assert isinstance(response, ToolCallResponse)
+    assert response.text == ""
+    assert response.finish_reason == "tool_calls"
+    assert response.tool_calls == [
+        {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    ]
+
+
+def test_scripted_agent_picks_reply_by_turn():
+    agent = ScriptedAgent(["first", "second"])
+    assert isinstance(agent, Agent)
+    chat = [{"role": "user", "content": "hi"}]
+    assert asyncio.run(agent.act(chat)).text == "first"
+    chat += [{"role": "assistant", "content": "first"}, {"role": "user", "content": "more"}]
+    assert asyncio.run(agent.act(chat)).text == "second"
+    chat += [{"role": "assistant", "content": "second"}, {"role": "user", "content": "more"}]
+    assert asyncio.run(agent.act(chat)).text == "second"  # clamped
+    assert agent.calls == 3
+
+
+def test_scripted_agent_callable_and_validation():
+    agent = ScriptedAgent(lambda messages: f"{len(messages)} messages", name="counter")
+    assert agent.name == "counter"
+    assert asyncio.run(agent.act(USER * 3)).text == "3 messages"
+    asyncio.run(agent.aclose())
+    with pytest.raises(ValueError):
+        ScriptedAgent([])

@@ -1,0 +1,68 @@
+"""A short GRPO run through the CLI: the tiny policy must visibly learn from the environment's reward."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aligngym.trainers.config import ConfigError, TrainConfig, load_config
+from aligngym.trainers.logging import quarter_means, read_metrics
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
+
+
+def test_quickstart_config_loads():
+    config = load_config(QUICKSTART)
+    assert config.method == "grpo" and config.model == "tiny"
+    assert config.env == "aligngym/Arithmetic-v0"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"method": "ppo"}, "method"),
+        ({"batch_size": 30, "num_generations": 8}, "multiple of num_generations"),
+        ({"num_generations": 1, "batch_size": 8}, "num_generations"),
+        ({"max_steps": "ten"}, "max_steps must be int"),
+        ({"env_kwargs": [1]}, "env_kwargs must be dict"),
+    ],
+)
+def test_bad_configs_say_what_to_fix(tmp_path, data, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_int_is_accepted_for_float_fields(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 1\n")
+    assert load_config(path).learning_rate == 1.0 and isinstance(TrainConfig().learning_rate, float)
+
+
+@pytest.mark.slow
+def test_short_grpo_run_improves_reward(tmp_path):
+    config = yaml.safe_load(QUICKSTART.read_text())
+    config.update(max_steps=120, logging_steps=5)
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "aligngym", "train", str(path), "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_metrics(out)
+    assert len(rows) == 120 // 5 and all("step" in r and "reward" in r for r in rows)
+    assert "rewards/correct/mean" in rows[0] and "rewards/format/mean" in rows[0]
+    first, last = quarter_means(rows)
+    assert last > first + 0.15, f"reward did not improve: {first:.3f} -> {last:.3f}"
+    assert (out / "reward_curve.png").stat().st_size > 5000
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["model_type"] == "llama"
+    assert (out / "model" / "tokenizer.json").exists()

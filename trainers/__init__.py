@@ -1,0 +1,14 @@
+"""Trainers that turn environment rewards into policy updates, on TRL."""
+
+from .config import METHODS, ConfigError, TrainConfig, load_config
+
+__all__ = ["METHODS", "ConfigError", "TrainConfig", "load_config", "train"]
+
+
+def __getattr__(name: str):
+    # train() pulls in torch and TRL; load them only when training is asked for.
+    if name == "train":
+        from .run import train
+
+        return train
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,97 @@
+"""Training configs: dataclasses with a help string per field, loaded from YAML by ``aligngym train``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS = ("grpo",)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message says which key to fix and how."""
+
+
+@dataclass
+class TrainConfig:
+    """One training run: which environment gives rewards, which policy learns, and how."""
+
+    method: str = field(default="grpo", metadata={"help": f"Training method, one of {', '.join(METHODS)}."})
+    env: str = field(default="aligngym/Arithmetic-v0", metadata={"help": "Registered environment id."})
+    env_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"help": "Keyword arguments of the env."})
+    model: str = field(default="tiny", metadata={"help": "'tiny' (built-in), a local path or a hub name."})
+    output_dir: str = field(default="runs/train", metadata={"help": "Where metrics, plot and model go."})
+    seed: int = field(default=0, metadata={"help": "Seed of the model init, data order and sampling."})
+    num_prompts: int = field(
+        default=256, metadata={"help": "Episodes seeds 0..N-1 of the env form the prompt dataset."}
+    )
+    max_steps: int = field(default=100, metadata={"help": "Optimizer steps."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate."})
+    batch_size: int = field(default=32, metadata={"help": "Completions per optimizer step (per device)."})
+    num_generations: int = field(default=8, metadata={"help": "Group size: completions per prompt."})
+    max_new_tokens: int = field(default=16, metadata={"help": "Most tokens the policy writes per turn."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature during rollouts."})
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient against the reference policy."})
+    logging_steps: int = field(default=1, metadata={"help": "Log metrics every N steps."})
+    save_model: bool = field(default=True, metadata={"help": "Save the final model to OUTPUT_DIR/model."})
+    trl: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Extra TRL trainer arguments passed through verbatim."}
+    )
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` for values that cannot work, before any model is loaded."""
+        if self.method not in METHODS:
+            raise ConfigError(f"method: {self.method!r} is not supported; use one of {', '.join(METHODS)}")
+        for name in ("num_prompts", "max_steps", "batch_size", "num_generations", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.num_generations < 2:
+            raise ConfigError("num_generations: GRPO needs >= 2 completions per prompt to compare them")
+        if self.batch_size % self.num_generations:
+            raise ConfigError(
+                f"batch_size ({self.batch_size}) must be a multiple of num_generations ({self.num_generations})"
+            )
+        if not isinstance(self.env_kwargs, dict) or not isinstance(self.trl, dict):
+            raise ConfigError("env_kwargs and trl must be mappings")
+
+
+def help_text(cls: type = TrainConfig) -> str:
+    """One line per field: name, default and help, for ``aligngym train --help``."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  {f.name} (default {default!r}): {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    """Read a YAML file onto ``TrainConfig``; unknown keys and wrong types are ``ConfigError``."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of config keys, got {type(data).__name__}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(known)}")
+    for key, value in data.items():
+        expected = type(known[key].default) if known[key].default is not dataclasses.MISSING else dict
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            data[key] = float(value)
+        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"{path}: {key} must be {expected.__name__}, got {value!r}")
+    config = TrainConfig(**data)
+    config.validate()
+    return config

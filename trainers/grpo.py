@@ -1,0 +1,93 @@
+"""Online RL from any registered environment with TRL's ``GRPOTrainer``; the env drives generation."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .config import TrainConfig
+from .env_rollout import EnvRollout, prompt_key
+from .logging import MetricsCallback
+
+
+def env_prompt_dataset(env_id: str, env_kwargs: dict[str, Any], num_prompts: int):
+    """Prompts of episodes with seeds 0..N-1, as a conversational dataset, and each prompt's seed."""
+    from datasets import Dataset
+
+    from aligngym.envs.registry import make
+
+    env = make(env_id, **env_kwargs).unwrapped
+    rows, seeds = [], {}
+    for seed in range(num_prompts):
+        _, info = env.reset(seed=seed)
+        prompt = info["messages"]
+        # Identical prompts are the same task for the learner; the first seed stands for all of them.
+        seeds.setdefault(prompt_key(prompt), seed)
+        rows.append({"prompt": prompt, "seed": seed})
+    components = sorted(env.step("")[4]["reward_components"])
+    env.close()
+    return Dataset.from_list(rows), seeds, components
+
+
+def _reward_func(name: str, key: str):
+    def reward(completions, **kwargs) -> list[float]:
+        return [float(x) for x in kwargs[key]]
+
+    reward.__name__ = name
+    return reward
+
+
+def train_grpo(config: TrainConfig, model, tokenizer):
+    """Run GRPO on ``config.env``; return the trainer after training."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl import GRPOConfig, GRPOTrainer
+
+    from aligngym.agents.local import SamplingConfig
+
+    dataset, seeds, components = env_prompt_dataset(config.env, config.env_kwargs, config.num_prompts)
+    rollout = EnvRollout(
+        config.env,
+        config.env_kwargs,
+        seeds,
+        SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature),
+    )
+    rollout.component_names = components
+    # The env's scalar reward trains; its components ride along with weight 0 so TRL logs each of them.
+    reward_funcs = [_reward_func("env", "env_reward")]
+    reward_funcs += [_reward_func(name, f"component_{name}") for name in components]
+    args = GRPOConfig(
+        output_dir=config.output_dir,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.batch_size,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_new_tokens,
+        temperature=config.temperature,
+        beta=config.beta,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        reward_weights=[1.0] + [0.0] * len(components),
+        use_cpu=True if not _cuda() else False,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=False,
+        **config.trl,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        rollout_func=rollout,
+        callbacks=[MetricsCallback(config.output_dir)],
+    )
+    trainer.train()
+    return trainer
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

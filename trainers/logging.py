@@ -1,0 +1,75 @@
+"""Training metrics as JSONL (one object per logging step) and the reward curve as a PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "reward_curve.png"
+
+
+class MetricsCallback(TrainerCallback):
+    """Appends each log event of the trainer to ``OUTPUT_DIR/metrics.jsonl`` with ``step`` and ``reward``."""
+
+    def __init__(self, output_dir: str | Path):
+        self.path = Path(output_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "reward" not in logs:
+            return  # the final summary (train_runtime, ...) has no reward and is not a step
+        row = {"step": state.global_step, **{k: _plain(v) for k, v in logs.items()}}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def _plain(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(output_dir: str | Path) -> list[dict]:
+    """The rows of ``OUTPUT_DIR/metrics.jsonl``."""
+    path = Path(output_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def quarter_means(rows: list[dict], key: str = "reward") -> tuple[float, float]:
+    """Mean of ``key`` over the first and the last quarter of the logged steps."""
+    values = [r[key] for r in rows if r.get(key) is not None]
+    if len(values) < 4:
+        raise ValueError(f"need at least 4 logged steps to compare quarters, got {len(values)}")
+    q = len(values) // 4
+    return sum(values[:q]) / q, sum(values[-q:]) / q
+
+
+def plot_reward_curve(output_dir: str | Path, title: str = "") -> Path:
+    """Draw reward (and its components) against step into ``OUTPUT_DIR/reward_curve.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(output_dir)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["reward"] for r in rows], label="reward", linewidth=2)
+    for key in sorted(rows[0] if rows else {}):
+        if key.startswith("rewards/") and key.endswith("/mean") and key != "rewards/env/mean":
+            ax.plot(steps, [r.get(key) for r in rows], label=key[8:-5], alpha=0.6)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean reward")
+    ax.set_title(title or "reward during training")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = Path(output_dir) / CURVE_FILE
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
