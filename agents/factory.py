@@ -19,7 +19,9 @@ def build_agent(
     if base_url:
         from .openai_agent import OpenAIAgent
 
-        return OpenAIAgent(model=model, base_url=base_url, temperature=temperature, max_tokens=max_tokens, **kwargs)
+        return OpenAIAgent(
+            model=model, base_url=base_url, temperature=temperature, max_tokens=max_tokens, **kwargs
+        )
     from .local import SamplingConfig, TransformersAgent
 
     sampling = SamplingConfig(temperature=temperature)

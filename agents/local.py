@@ -25,7 +25,9 @@ class SamplingConfig:
 
 def chat_prompt_ids(tokenizer, messages: list[Message], **template_kwargs: Any) -> list[int]:
     """Token ids of ``messages`` rendered with the chat template, ending with the assistant prompt."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_kwargs)
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, **template_kwargs
+    )
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
+
 from aligngym.agents.base import AgentError, AgentResponse, Message
 
 # The client's first backoff delay (openai._constants.INITIAL_RETRY_DELAY); our scale is relative to it.

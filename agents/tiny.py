@@ -7,8 +7,14 @@ transformers model, so every code path that loads a hub model is exercised by it
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 import string
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -85,19 +91,43 @@ def build_tiny_model(config: TinyConfig | None = None, tokenizer: PreTrainedToke
     return model
 
 
-def load_model_and_tokenizer(name_or_path: str, dtype: torch.dtype | None = None, device: str | None = None):
-    """Load ``tiny`` (built locally) or any transformers causal LM by path or hub name."""
-    if name_or_path == TINY_NAME:
-        tokenizer = build_tiny_tokenizer()
-        model = build_tiny_model(tokenizer=tokenizer)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+def tiny_model_path(config: TinyConfig | None = None) -> Path:
+    """Folder holding the tiny policy in ``save_pretrained`` form, built on first use (no download).
 
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or "auto")
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "left"
+    Materialising it lets everything downstream load it like any hub model (TRL reloads a reference model
+    by path, vLLM serves a path), so the tiny model exercises the same code as a real one.
+    """
+    config = config or TinyConfig()
+    key = hashlib.sha256(json.dumps([asdict(config), CHAT_TEMPLATE, SPECIAL_TOKENS]).encode()).hexdigest()[
+        :12
+    ]
+    root = Path(os.environ.get("ALIGNGYM_CACHE", Path.home() / ".cache" / "aligngym"))
+    path = root / f"tiny-{key}"
+    if not (path / "config.json").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
+        tokenizer = build_tiny_tokenizer()
+        build_tiny_model(config, tokenizer).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(path)  # atomic: concurrent builders race harmlessly, one folder wins
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_model_and_tokenizer(
+    name_or_path: str, dtype: torch.dtype | str | None = None, device: str | None = None
+):
+    """Load ``tiny`` (built locally on first use) or any transformers causal LM by path or hub name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = str(tiny_model_path()) if name_or_path == TINY_NAME else name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
     if device:
         model.to(device)
     return model, tokenizer

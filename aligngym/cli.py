@@ -28,11 +28,15 @@ def _parser() -> argparse.ArgumentParser:
 
     ro = sub.add_parser("rollout", help="run an agent in an environment and write trajectories as JSONL")
     ro.add_argument("env_id", metavar="ENV_ID", help="registered id, e.g. aligngym/CodeExec-v0")
-    ro.add_argument("--model", required=True, help="'tiny', a local path / hub name, or the server's model name")
+    ro.add_argument(
+        "--model", required=True, help="'tiny', a local path / hub name, or the server's model name"
+    )
     ro.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (vllm serve)")
     ro.add_argument("--episodes", type=int, required=True, help="number of episodes")
     ro.add_argument("--concurrency", type=int, default=8, help="episodes in flight at once (default 8)")
-    ro.add_argument("--env-kwargs", default="{}", help='JSON object of env arguments, e.g. \'{"max_turns": 3}\'')
+    ro.add_argument(
+        "--env-kwargs", default="{}", help="JSON object of env arguments, e.g. '{\"max_turns\": 3}'"
+    )
     ro.add_argument("--out", required=True, help="output JSONL file")
     ro.add_argument("--resume", action="store_true", help="skip the episodes already complete in --out")
     ro.add_argument("--seed", type=int, default=0, help="episode i uses seed SEED+i (default 0)")
@@ -76,7 +80,9 @@ def _check_env(env_id: str, env_kwargs: dict[str, Any]) -> None:
     except UnknownEnvError as exc:
         raise UsageError(str(exc)) from None
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"cannot create {env_id} with --env-kwargs {json.dumps(env_kwargs)}: {exc}") from None
+        raise UsageError(
+            f"cannot create {env_id} with --env-kwargs {json.dumps(env_kwargs)}: {exc}"
+        ) from None
 
 
 async def _rollout(args: argparse.Namespace) -> int:

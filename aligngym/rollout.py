@@ -40,7 +40,9 @@ class RolloutSummary:
 
 async def play_episode(env: Any, agent: Agent, env_id: str, episode: int, seed: int | None) -> Trajectory:
     """Play one episode; any exception becomes the trajectory's ``error`` instead of propagating."""
-    traj = Trajectory(env_id=env_id, episode=episode, seed=seed, agent=agent.name, episode_id=uuid.uuid4().hex)
+    traj = Trajectory(
+        env_id=env_id, episode=episode, seed=seed, agent=agent.name, episode_id=uuid.uuid4().hex
+    )
     start = time.perf_counter()
     astep = getattr(env, "astep", None)
     info: dict[str, Any] = {}
@@ -58,7 +60,9 @@ async def play_episode(env: Any, agent: Agent, env_id: str, episode: int, seed: 
                 traj.terminated, traj.truncated = bool(terminated), bool(truncated)
                 break
         else:
-            raise RuntimeError(f"episode did not end within {MAX_TURNS_GUARD} turns; set max_turns on the env")
+            raise RuntimeError(
+                f"episode did not end within {MAX_TURNS_GUARD} turns; set max_turns on the env"
+            )
     except Exception as exc:
         traj.error = f"{type(exc).__name__}: {exc}".strip()
     traj.reward = sum(traj.rewards)

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
-from aligngym.envs.base import StepResult, TextEnv
 from rich.console import Console
 from rich.table import Table
+
+from aligngym.envs.base import StepResult, TextEnv
 
 ENV_ID = "bench/NoOpText-v0"
 

@@ -19,9 +19,8 @@ import tempfile
 import time
 import urllib.request
 
-from aligngym.agents.openai_agent import OpenAIAgent
-
 import aligngym
+from aligngym.agents.openai_agent import OpenAIAgent
 
 
 def start_server(latency: float, port: int) -> subprocess.Popen:

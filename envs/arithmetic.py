@@ -47,7 +47,9 @@ class ArithmeticEnv(TextEnv):
         self.operators = operators
         self.format_weight = format_weight
         self.answer = 0
-        extremes = [op_result(a, op, b) for op in operators for a in (0, max_operand) for b in (0, max_operand)]
+        extremes = [
+            op_result(a, op, b) for op in operators for a in (0, max_operand) for b in (0, max_operand)
+        ]
         self.max_answer_chars = max(len(str(x)) for x in extremes)
 
     def new_episode(self, options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:

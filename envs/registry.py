@@ -50,7 +50,9 @@ def register(
         raise ValueError(f"env id {id!r} needs a namespace, e.g. 'myproject/{id}'")
     if description is None:
         cls = entry_point if not isinstance(entry_point, str) else None
-        description = (getattr(cls, "description", "") or (cls.__doc__ or "").strip().split("\n")[0]) if cls else ""
+        description = (
+            (getattr(cls, "description", "") or (cls.__doc__ or "").strip().split("\n")[0]) if cls else ""
+        )
     if not multi_agent:
         gym.register(id=id, entry_point=entry_point, kwargs=kwargs, disable_env_checker=True)
     _ENTRIES[id] = EnvEntry(id, entry_point, description or "", multi_agent, dict(kwargs))

@@ -32,13 +32,55 @@ def test_envs_lists_every_registered_id():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["rollout", "aligngym/Nope-v0", "--model", "m", "--episodes", "1", "--out", "x"], "unknown environment id"),
-        (["rollout", "aligngym/Arithmetic-v0", "--model", "m", "--episodes", "1", "--out", "x",
-          "--env-kwargs", "{oops"], "--env-kwargs is not valid JSON"),
-        (["rollout", "aligngym/Arithmetic-v0", "--model", "m", "--episodes", "1", "--out", "x",
-          "--env-kwargs", '{"colour": 1}'], "unexpected keyword argument 'colour'"),
-        (["rollout", "aligngym/Arithmetic-v0", "--model", "m", "--episodes", "1", "--out", "x",
-          "--base-url", "http://127.0.0.1:9/v1"], "cannot reach"),
+        (
+            ["rollout", "aligngym/Nope-v0", "--model", "m", "--episodes", "1", "--out", "x"],
+            "unknown environment id",
+        ),
+        (
+            [
+                "rollout",
+                "aligngym/Arithmetic-v0",
+                "--model",
+                "m",
+                "--episodes",
+                "1",
+                "--out",
+                "x",
+                "--env-kwargs",
+                "{oops",
+            ],
+            "--env-kwargs is not valid JSON",
+        ),
+        (
+            [
+                "rollout",
+                "aligngym/Arithmetic-v0",
+                "--model",
+                "m",
+                "--episodes",
+                "1",
+                "--out",
+                "x",
+                "--env-kwargs",
+                '{"colour": 1}',
+            ],
+            "unexpected keyword argument 'colour'",
+        ),
+        (
+            [
+                "rollout",
+                "aligngym/Arithmetic-v0",
+                "--model",
+                "m",
+                "--episodes",
+                "1",
+                "--out",
+                "x",
+                "--base-url",
+                "http://127.0.0.1:9/v1",
+            ],
+            "cannot reach",
+        ),
         (["train", "does-not-exist.yaml"], "not found"),
     ],
 )
@@ -56,7 +98,11 @@ def test_bad_yaml_is_one_line_and_exit_2(tmp_path):
     unknown.write_text("method: grpo\nlearning_rat: 0.1\n")
     wrong_env = tmp_path / "env.yaml"
     wrong_env.write_text("env: aligngym/Missing-v0\n")
-    for path, message in [(bad, "invalid YAML"), (unknown, "unknown key(s) learning_rat"), (wrong_env, "unknown environment")]:
+    for path, message in [
+        (bad, "invalid YAML"),
+        (unknown, "unknown key(s) learning_rat"),
+        (wrong_env, "unknown environment"),
+    ]:
         result = run_cli("train", str(path))
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert message in result.stderr
@@ -66,8 +112,19 @@ def test_rollout_against_openai_protocol_server(chat_server, tmp_path):
     server = chat_server(lambda messages, request: solve(messages))
     out = tmp_path / "r.jsonl"
     result = run_cli(
-        "rollout", "aligngym/Arithmetic-v0", "--model", "scripted", "--base-url", server.base_url,
-        "--episodes", "20", "--concurrency", "4", "--out", str(out), "--no-progress",
+        "rollout",
+        "aligngym/Arithmetic-v0",
+        "--model",
+        "scripted",
+        "--base-url",
+        server.base_url,
+        "--episodes",
+        "20",
+        "--concurrency",
+        "4",
+        "--out",
+        str(out),
+        "--no-progress",
     )
     assert result.returncode == 0, result.stderr
     rows = read_trajectories(out)
@@ -82,8 +139,19 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(chat_server, tmp_path):
     server = chat_server(lambda messages, request: solve(messages), latency_s=0.05)
     out = tmp_path / "r.jsonl"
     args = [
-        "rollout", "aligngym/Arithmetic-v0", "--model", "scripted", "--base-url", server.base_url,
-        "--episodes", "150", "--concurrency", "2", "--out", str(out), "--no-progress",
+        "rollout",
+        "aligngym/Arithmetic-v0",
+        "--model",
+        "scripted",
+        "--base-url",
+        server.base_url,
+        "--episodes",
+        "150",
+        "--concurrency",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
     ]
     proc = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60

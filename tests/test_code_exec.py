@@ -7,6 +7,8 @@ import json
 import re
 
 import pytest
+from gymnasium.utils.env_checker import check_env
+
 from aligngym.envs.code_exec import CodeExecEnv, extract_code, load_tasks
 from aligngym.feedback.unit_tests import (
     CodeTask,
@@ -15,7 +17,6 @@ from aligngym.feedback.unit_tests import (
     compare_strict,
     parse_report,
 )
-from gymnasium.utils.env_checker import check_env
 
 ADD = {
     "id": "add",

@@ -8,6 +8,7 @@ import re
 from importlib import resources
 
 import pytest
+
 from aligngym.envs.code_exec import CodeExecEnv, load_tasks
 from aligngym.feedback.unit_tests import CodeTask, UnitTestVerifier, VerifyResult
 

@@ -20,7 +20,9 @@ def test_tokenizer_round_trips_text_and_renders_chatml():
     tok = build_tiny_tokenizer()
     text = "def f(x):\n    return x + 1  # ok!"
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
-    rendered = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert rendered == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert tok.convert_ids_to_tokens(tok.eos_token_id) == "<|im_end|>"
 
@@ -36,14 +38,19 @@ def test_tiny_model_is_deterministic_per_seed_and_saves(tmp_path):
 
 def test_generate_batch_returns_exact_ids_and_logprobs(tiny):
     model, tok = tiny
-    prompts = [chat_prompt_ids(tok, [{"role": "user", "content": c}]) for c in ("1+1=", "a much longer prompt")]
+    prompts = [
+        chat_prompt_ids(tok, [{"role": "user", "content": c}]) for c in ("1+1=", "a much longer prompt")
+    ]
     out = generate_batch(model, tok, prompts, SamplingConfig(max_new_tokens=5))
     for resp in out:
         assert 1 <= len(resp.token_ids) <= 5 and len(resp.logprobs) == len(resp.token_ids)
         assert all(lp <= 0.0 for lp in resp.logprobs)
         assert resp.text == tok.decode(resp.token_ids, skip_special_tokens=True)
     greedy = SamplingConfig(max_new_tokens=5, temperature=0)
-    assert generate_batch(model, tok, prompts, greedy)[1].token_ids == generate_batch(model, tok, prompts[1:], greedy)[0].token_ids
+    assert (
+        generate_batch(model, tok, prompts, greedy)[1].token_ids
+        == generate_batch(model, tok, prompts[1:], greedy)[0].token_ids
+    )
 
 
 def test_transformers_agent_batches_concurrent_requests(tiny):
@@ -84,7 +91,9 @@ def test_env_rollout_masks_environment_tokens(tiny):
     env = make("aligngym/Arithmetic-v0", **env_kwargs).unwrapped
     _, info = env.reset(seed=4)
     prompt = info["messages"]
-    rollout = EnvRollout("aligngym/Arithmetic-v0", env_kwargs, {prompt_key(prompt): 4}, SamplingConfig(max_new_tokens=3))
+    rollout = EnvRollout(
+        "aligngym/Arithmetic-v0", env_kwargs, {prompt_key(prompt): 4}, SamplingConfig(max_new_tokens=3)
+    )
     episodes = rollout.play(model, tok, [prompt, prompt])
     for ep in episodes:
         assert len(ep.completion_ids) == len(ep.env_mask) == len(ep.logprobs)

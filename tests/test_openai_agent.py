@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+
 from aligngym.agents.base import Agent, AgentError, AgentResponse
 from aligngym.agents.openai_agent import OpenAIAgent, ToolCallResponse
 from aligngym.agents.scripted import ScriptedAgent

@@ -14,7 +14,14 @@ from aligngym.trajectory import read_trajectories
 def test_rollout_writes_one_row_per_episode(tmp_path):
     out = tmp_path / "r.jsonl"
     summary = asyncio.run(
-        rollout("aligngym/Arithmetic-v0", ScriptedAgent(solve), episodes=25, out=out, concurrency=4, progress=False)
+        rollout(
+            "aligngym/Arithmetic-v0",
+            ScriptedAgent(solve),
+            episodes=25,
+            out=out,
+            concurrency=4,
+            progress=False,
+        )
     )
     rows = read_trajectories(out)
     assert summary.written == 25 and summary.errors == 0
@@ -34,12 +41,19 @@ def test_failed_episode_is_recorded_not_dropped(tmp_path):
 
     out = tmp_path / "r.jsonl"
     summary = asyncio.run(
-        rollout("aligngym/Arithmetic-v0", ScriptedAgent(flaky), episodes=30, out=out, concurrency=3, progress=False)
+        rollout(
+            "aligngym/Arithmetic-v0",
+            ScriptedAgent(flaky),
+            episodes=30,
+            out=out,
+            concurrency=3,
+            progress=False,
+        )
     )
     rows = read_trajectories(out)
     failed = [r for r in rows if r["error"]]
     assert len(rows) == 30 and summary.errors == len(failed) > 0
-    assert all("ConnectionError: server went away" == r["error"] for r in failed)
+    assert all(r["error"] == "ConnectionError: server went away" for r in failed)
     assert all(r["reward"] == 0.0 and not r["terminated"] for r in failed)
 
 

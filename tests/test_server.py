@@ -12,6 +12,7 @@ import time
 
 import openai
 import pytest
+
 from aligngym.agents.server import ScriptedChatServer, tokenize
 
 USER = [{"role": "user", "content": "what is six times seven"}]

@@ -54,7 +54,9 @@ def test_short_grpo_run_improves_reward(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "aligngym", "train", str(path), "--output-dir", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_metrics(out)
@@ -66,3 +68,16 @@ def test_short_grpo_run_improves_reward(tmp_path):
     saved = json.loads((out / "model" / "config.json").read_text())
     assert saved["model_type"] == "llama"
     assert (out / "model" / "tokenizer.json").exists()
+
+
+@pytest.mark.slow
+def test_kl_penalty_reloads_reference_policy_by_path(tmp_path):
+    """beta > 0 makes TRL rebuild a reference model from the policy's path: the tiny model must have one."""
+    from aligngym.trainers.run import train
+
+    config = load_config(
+        QUICKSTART, output_dir=str(tmp_path), max_steps=3, beta=0.04, logging_steps=1, save_model=False
+    )
+    trainer = train(config)
+    assert trainer.ref_model is not None
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]

@@ -22,7 +22,9 @@ class TrainConfig:
 
     method: str = field(default="grpo", metadata={"help": f"Training method, one of {', '.join(METHODS)}."})
     env: str = field(default="aligngym/Arithmetic-v0", metadata={"help": "Registered environment id."})
-    env_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"help": "Keyword arguments of the env."})
+    env_kwargs: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Keyword arguments of the env."}
+    )
     model: str = field(default="tiny", metadata={"help": "'tiny' (built-in), a local path or a hub name."})
     output_dir: str = field(default="runs/train", metadata={"help": "Where metrics, plot and model go."})
     seed: int = field(default=0, metadata={"help": "Seed of the model init, data order and sampling."})

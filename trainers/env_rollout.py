@@ -20,7 +20,9 @@ def prompt_key(messages: list[dict[str, Any]]) -> str:
     return json.dumps(messages, sort_keys=True, ensure_ascii=False)
 
 
-def env_suffix_ids(tokenizer, history: list[dict], generated_ids: list[int], new_messages: list[dict]) -> list[int]:
+def env_suffix_ids(
+    tokenizer, history: list[dict], generated_ids: list[int], new_messages: list[dict]
+) -> list[int]:
     """Token ids the chat template puts between the policy's generated turn and its next turn.
 
     ``history`` ends with the message the policy answered and ``new_messages`` starts with that answer. The
@@ -59,7 +61,13 @@ class Episode:
 class EnvRollout:
     """A TRL ``rollout_func``: plays each prompt's episode in the environment with the trainer's model."""
 
-    def __init__(self, env_id: str, env_kwargs: dict[str, Any], seeds_by_prompt: dict[str, int], sampling: SamplingConfig):
+    def __init__(
+        self,
+        env_id: str,
+        env_kwargs: dict[str, Any],
+        seeds_by_prompt: dict[str, int],
+        sampling: SamplingConfig,
+    ):
         self.env_id = env_id
         self.env_kwargs = env_kwargs
         self.seeds_by_prompt = seeds_by_prompt
@@ -84,7 +92,9 @@ class EnvRollout:
             episodes.append(Episode(env, messages, chat_prompt_ids(tokenizer, messages)))
         while active := [ep for ep in episodes if not ep.done]:
             contexts = [ep.prompt_ids + ep.completion_ids for ep in active]
-            for ep, resp in zip(active, generate_batch(model, tokenizer, contexts, self.sampling), strict=True):
+            for ep, resp in zip(
+                active, generate_batch(model, tokenizer, contexts, self.sampling), strict=True
+            ):
                 ep.completion_ids += resp.token_ids
                 ep.env_mask += [1] * len(resp.token_ids)
                 ep.logprobs += resp.logprobs

@@ -67,7 +67,7 @@ def train_grpo(config: TrainConfig, model, tokenizer):
         logging_steps=config.logging_steps,
         seed=config.seed,
         reward_weights=[1.0] + [0.0] * len(components),
-        use_cpu=True if not _cuda() else False,
+        use_cpu=not _cuda(),
         bf16=False,
         report_to="none",
         save_strategy="no",
