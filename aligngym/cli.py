@@ -141,7 +141,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     from aligngym.trainers.run import train
 
-    train(config)
+    try:
+        train(config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     rows = read_metrics(config.output_dir)
     if len(rows) >= 4:
         first, last = quarter_means(rows)

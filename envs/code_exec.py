@@ -162,7 +162,7 @@ class CodeExecEnv(TextEnv):
             if isinstance(sandbox, str):
                 from aligngym.sandboxes import make_sandbox
 
-                sandbox = make_sandbox(sandbox, timeout=self.timeout, **self._sandbox_kwargs)
+                sandbox = make_sandbox(sandbox, **{"timeout": self.timeout, **self._sandbox_kwargs})
                 self._owned_sandbox = sandbox
             self._verifier = UnitTestVerifier(sandbox, timeout=self.timeout)
         return self._verifier
@@ -176,7 +176,6 @@ class CodeExecEnv(TextEnv):
             observation = "All tests passed."
         else:
             observation = f"{result.feedback(_FEEDBACK_LIMIT)}\n\nFix the code."
-        assert self.task is not None
         return StepResult(
             observation=observation,
             reward=reward,
@@ -188,7 +187,7 @@ class CodeExecEnv(TextEnv):
                 "timeout": float(result.timed_out),
             },
             info={
-                "task_id": self.task.id,
+                "task_id": self._current_task().id,
                 "passed": result.passed,
                 "total": result.total,
                 "status": result.status,

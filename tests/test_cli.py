@@ -98,10 +98,13 @@ def test_bad_yaml_is_one_line_and_exit_2(tmp_path):
     unknown.write_text("method: grpo\nlearning_rat: 0.1\n")
     wrong_env = tmp_path / "env.yaml"
     wrong_env.write_text("env: aligngym/Missing-v0\n")
+    no_model = tmp_path / "model.yaml"
+    no_model.write_text(f"model: {tmp_path / 'no-such-model'}\nmax_steps: 1\n")
     for path, message in [
         (bad, "invalid YAML"),
         (unknown, "unknown key(s) learning_rat"),
         (wrong_env, "unknown environment"),
+        (no_model, "model: cannot load"),
     ]:
         result = run_cli("train", str(path))
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -44,6 +44,16 @@ HUMANEVAL = {
     "test": "METADATA = {}\n\n\ndef check(candidate):\n    assert candidate([1, 2]) == 3\n    assert candidate([]) == 0\n",
     "entry_point": "total",
 }
+THREE = {
+    "id": "three",
+    "prompt": "Write a Python function `three() -> list[int]` that returns [1, 2, 3].",
+    "tests": [
+        "assert len(three()) == 3",
+        "assert three()",
+        "assert all(x == y for x, y in zip(three(), [1, 2, 3]))",
+        "assert not three() == []",
+    ],
+}
 RIGHT = "def add(a, b):\n    return a + b\n"
 WRONG = "def add(a, b):\n    return a - b\n"
 HALF = "def add(a, b):\n    return a + b if a >= 0 else 0\n"  # passes the first two tests only
@@ -194,6 +204,27 @@ CASE_HACKS = {
 def test_case_hacks_get_no_credit(make_env, name):
     _, reward, _, _, info = attempt(make_env(), CASE_HACKS[name], "pair")
     assert reward == 0.0, info
+
+
+def test_assert_tests_ignore_faked_eq_bool_and_patched_builtins(make_env):
+    env = make_env(tasks=[THREE])
+    fake = (
+        "import builtins\n"
+        "builtins.len = lambda x: 3\n"
+        "builtins.all = lambda x: True\n"
+        "class Fake:\n"
+        "    def __eq__(self, other):\n        return True\n"
+        "    def __bool__(self):\n        return True\n"
+        "    def __iter__(self):\n        return iter([Fake(), Fake(), Fake()])\n"
+        "def three():\n    return Fake()\n"
+    )
+    obs, reward, _, _, info = attempt(env, fake, "three")
+    assert reward == 0.0, obs
+    assert "object of type 'Fake' has no len()" in obs  # the test saw the real len
+    result = UnitTestVerifier(env._get_verifier().sandbox).verify(fake, THREE)
+    assert all("only built-in values count" in d.error for d in result.details[1:])
+    assert attempt(env, "def three():\n    return [1, 2, 3]\n", "three")[1] == 1.0
+    assert attempt(env, "def three():\n    return (1, 2, 4)\n", "three")[1] == 0.75  # plain == semantics
 
 
 def test_harness_survives_a_correct_solution_that_patches_everything(make_env):

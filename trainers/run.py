@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .logging import plot_reward_curve
 
 
@@ -22,7 +22,10 @@ def train(config: TrainConfig):
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    model, tokenizer = load_model_and_tokenizer(config.model)
+    try:
+        model, tokenizer = load_model_and_tokenizer(config.model)
+    except OSError as exc:  # transformers' "not a folder or hub id" family
+        raise ConfigError(f"model: cannot load {config.model!r}: {str(exc).splitlines()[0]}") from None
     if config.method == "grpo":
         from .grpo import train_grpo
 
