@@ -1,0 +1,155 @@
+"""The sandbox interface: where untrusted (model-written) code runs, and what a run reports back."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import concurrent.futures
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+Status = Literal["ok", "error", "timeout", "memory", "output_limit", "sandbox_error"]
+Language = Literal["python", "bash"]
+LANGUAGES: tuple[str, ...] = ("python", "bash")
+
+
+class SandboxError(RuntimeError):
+    """The sandbox refused an operation (a path escaping the working directory, a closed sandbox, ...)."""
+
+
+@dataclass
+class RunResult:
+    """What one program run produced; ``status`` says how it ended."""
+
+    status: Status
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int | None = None
+    duration_s: float = 0.0
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the program exited with status 0 inside every limit."""
+        return self.status == "ok"
+
+
+@dataclass
+class SandboxConfig:
+    """Limits and isolation settings shared by every sandbox backend."""
+
+    timeout: float = field(
+        default=10.0, metadata={"help": "Wall-clock seconds a run may take before it is killed."}
+    )
+    memory_mb: int = field(
+        default=512, metadata={"help": "Memory limit in MiB (cgroup memory.max or RLIMIT_AS)."}
+    )
+    cpus: float = field(
+        default=1.0, metadata={"help": "CPU cores a run may use (enforced only with a cgroup)."}
+    )
+    pids: int = field(default=64, metadata={"help": "Most processes/threads a run may have at once."})
+    network: bool = field(
+        default=False, metadata={"help": "Give the sandbox the host network (off: no network)."}
+    )
+    max_output_bytes: int = field(
+        default=1 << 20,
+        metadata={
+            "help": "Bytes kept per output stream; past it the run is killed with status output_limit."
+        },
+    )
+    max_file_mb: int = field(
+        default=64,
+        metadata={"help": "Largest file a run may write, and write_files/read_file may move, in MiB."},
+    )
+    env: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Extra environment variables for the program (the host environment is never passed)."
+        },
+    )
+    use_bwrap: bool | None = field(
+        default=None,
+        metadata={
+            "help": "local backend: True requires bubblewrap, False runs unisolated, None picks bwrap if it works."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "memory_mb", "cpus", "pids", "max_output_bytes", "max_file_mb"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"SandboxConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
+            raise TypeError("SandboxConfig.env must map str to str")
+
+    @property
+    def max_file_bytes(self) -> int:
+        """``max_file_mb`` in bytes."""
+        return self.max_file_mb << 20
+
+
+class Sandbox(abc.ABC):
+    """A private working directory plus a way to run programs in it under limits."""
+
+    config: SandboxConfig
+
+    @abc.abstractmethod
+    async def arun(
+        self,
+        code: str,
+        language: Language = "python",
+        stdin: str | bytes | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
+        """Run ``code`` as a ``language`` program in the working directory and report how it ended."""
+
+    @abc.abstractmethod
+    def write_files(self, files: Mapping[str, str | bytes]) -> None:
+        """Write files (paths relative to the working directory) for later runs to read."""
+
+    @abc.abstractmethod
+    def read_bytes(self, path: str) -> bytes:
+        """Return the bytes of a file in the working directory."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop running programs and delete the working directory; calling it again does nothing."""
+
+    def run(
+        self,
+        code: str,
+        language: Language = "python",
+        stdin: str | bytes | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
+        """Blocking twin of ``arun``."""
+        coro = self.arun(code, language=language, stdin=stdin, timeout=timeout)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro)
+        # asyncio.run refuses to nest inside a running loop, so the run gets a loop of its own in a helper thread.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sandbox-run") as pool:
+            return pool.submit(asyncio.run, coro).result()
+
+    def read_file(self, path: str) -> str:
+        """Return a file in the working directory as text (UTF-8, undecodable bytes replaced)."""
+        return self.read_bytes(path).decode("utf-8", errors="replace")
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Sandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,452 @@
+"""The local sandbox, checked by behaviour: limits, isolation, file transfer and the unisolated fallback."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import dataclasses
+import os
+import shutil
+import socket
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import pytest
+
+from aligngym.sandboxes import (
+    LocalSandbox,
+    SandboxConfig,
+    SandboxError,
+    bwrap_available,
+    make_sandbox,
+)
+from aligngym.sandboxes import bwrap as bwrap_mod
+from aligngym.sandboxes import limits as limits_mod
+from aligngym.sandboxes import local as local_mod
+
+needs_bwrap = pytest.mark.skipif(not bwrap_available(), reason="bubblewrap is not usable on this machine")
+MODES = [pytest.param(True, id="bwrap", marks=needs_bwrap), pytest.param(False, id="unisolated")]
+
+
+def _make(use_bwrap: bool, **config) -> LocalSandbox:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the unisolated warning has its own test
+        sandbox = make_sandbox("local", use_bwrap=use_bwrap, **{"timeout": 5, **config})
+    assert isinstance(sandbox, LocalSandbox)
+    return sandbox
+
+
+@pytest.fixture(params=MODES)
+def sb(request):
+    sandbox = _make(request.param)
+    yield sandbox
+    sandbox.close()
+
+
+@pytest.fixture
+def bsb():
+    """A bubblewrap sandbox (for tests of isolation itself)."""
+    sandbox = _make(True)
+    yield sandbox
+    sandbox.close()
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+# -- running ----------------------------------------------------------------------------------------
+def test_ok_run_reports_stdout(sb):
+    r = sb.run("print(1)")
+    assert (r.status, r.stdout, r.stderr, r.exit_code, r.truncated) == ("ok", "1\n", "", 0, False)
+    assert r.ok and 0 < r.duration_s < 5
+
+
+def test_error_exit_code_and_stderr(sb):
+    r = sb.run("import sys\nprint('boom', file=sys.stderr)\nsys.exit(3)")
+    assert (r.status, r.exit_code, r.stderr) == ("error", 3, "boom\n")
+    r = sb.run("raise KeyError('nope')")
+    assert r.status == "error" and r.exit_code == 1 and "KeyError: 'nope'" in r.stderr
+
+
+def test_bash_language_and_stdin(sb):
+    r = sb.run("echo hi; echo err >&2; exit 3", language="bash")
+    assert (r.status, r.exit_code, r.stdout, r.stderr) == ("error", 3, "hi\n", "err\n")
+    r = sb.run("import sys; print(sys.stdin.read().upper())", stdin="abc")
+    assert r.stdout == "ABC\n"
+    # A program that never reads a large stdin must not hang the writer.
+    assert sb.run("print('done')", stdin=b"x" * (4 << 20)).stdout == "done\n"
+    with pytest.raises(ValueError, match="unknown language"):
+        sb.run("1", language="ruby")
+
+
+def test_timeout_status_and_duration(sb):
+    r = sb.run("while True:\n    pass", timeout=1)
+    assert r.status == "timeout" and r.exit_code is None
+    assert 0.95 <= r.duration_s < 2.0
+
+
+def test_timeout_kills_background_children(sb):
+    code = "(trap '' TERM HUP; sleep 1.5; echo alive > late.txt) & sleep 30"
+    r = sb.run(code, language="bash", timeout=0.5)
+    assert r.status == "timeout"
+    time.sleep(1.5)
+    assert not os.path.exists(os.path.join(sb.workdir, "late.txt"))
+
+
+@needs_bwrap
+def test_timeout_kills_a_double_forked_setsid_grandchild(bsb):
+    marker = f"agym-orphan-{uuid.uuid4().hex}"
+    code = f"""
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:  # the grandchild: its own session, orphaned, ignoring TERM and HUP
+        script = "trap '' TERM HUP; echo up > started.txt; sleep 1.5; echo alive > late.txt"
+        os.execv("/bin/sh", ["/bin/sh", "-c", script, "{marker}"])
+    os._exit(0)
+while not os.path.exists("started.txt"):
+    time.sleep(0.01)
+time.sleep(60)
+"""
+    r = bsb.run(code, timeout=1)
+    assert r.status == "timeout"
+    assert os.path.exists(os.path.join(bsb.workdir, "started.txt")), r.stderr
+    assert _processes_with(marker) == []
+    time.sleep(1.5)
+    assert not os.path.exists(os.path.join(bsb.workdir, "late.txt"))
+
+
+def test_output_cap_kills_and_truncates(sb):
+    start = time.monotonic()
+    r = sb.run("yes", language="bash")
+    assert (r.status, r.truncated, r.exit_code) == ("output_limit", True, None)
+    assert len(r.stdout) == 1 << 20 and set(r.stdout) == {"y", "\n"}
+    assert time.monotonic() - start < 4
+
+
+def test_small_output_cap_on_stderr():
+    with _make(False, max_output_bytes=1000) as sandbox:
+        r = sandbox.run("import sys; sys.stderr.write('e' * 5000); print('fine')")
+    assert r.status == "output_limit" and r.truncated and r.stderr == "e" * 1000
+
+
+def test_memory_hog_reports_memory(sb):
+    r = sb.run("b = bytearray(4 * 1024**3)")
+    assert r.status == "memory", r
+    r = sb.run("chunks = []\nwhile True:\n    chunks.append(bytearray(10**8))")
+    assert r.status == "memory" and "MemoryError" in r.stderr
+
+
+def test_file_size_limit(sb):
+    big = sb.run("open('big.bin', 'wb').write(b'x' * (2 << 20))", timeout=5)
+    assert big.ok  # 2 MiB is under the 64 MiB default
+    with _make(False, max_file_mb=1) as small:
+        r = small.run("open('big.bin', 'wb').write(b'x' * (2 << 20))")
+        assert r.status == "error"  # SIGXFSZ
+        assert os.path.getsize(os.path.join(small.workdir, "big.bin")) <= 1 << 20
+        with pytest.raises(SandboxError, match="file limit"):
+            small.write_files({"x.bin": b"x" * (2 << 20)})
+
+
+def test_rlimits_without_prlimit(monkeypatch):
+    real_which = shutil.which
+    monkeypatch.setattr(
+        shutil, "which", lambda name, *a, **k: None if name == "prlimit" else real_which(name, *a, **k)
+    )
+    with _make(False, max_file_mb=3) as sandbox:
+        r = sandbox.run("import resource; print(resource.getrlimit(resource.RLIMIT_FSIZE)[0])")
+        assert r.ok and int(r.stdout) == 3 << 20, r
+        assert sandbox.run("b = bytearray(4 * 1024**3)").status == "memory"
+
+
+@needs_bwrap
+def test_pids_limit_stops_a_fork_loop():
+    with _make(True, pids=16) as sandbox:
+        assert sandbox.limits_enforced["pids"] != "none"
+        code = """
+import os, time
+n = 0
+try:
+    for _ in range(200):
+        if os.fork() == 0:
+            time.sleep(3)
+            os._exit(0)
+        n += 1
+except OSError:
+    pass
+print(n)
+"""
+        r = sandbox.run(code)
+    assert r.ok, r.stderr
+    assert 0 < int(r.stdout) < 16
+
+
+# -- isolation --------------------------------------------------------------------------------------
+@needs_bwrap
+def test_no_network(bsb):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    code = f"""
+import socket
+for what, call in [("connect", lambda: socket.create_connection(("127.0.0.1", {port}), timeout=2)),
+                   ("dns", lambda: socket.gethostbyname("example.com"))]:
+    try:
+        call()
+        print(what, "reached")
+    except OSError as exc:
+        print(what, "blocked", type(exc).__name__)
+"""
+    try:
+        inside = bsb.run(code)
+        assert "connect blocked" in inside.stdout and "dns blocked" in inside.stdout, inside
+        # The same program reaches the server with the host network, so the check above means something.
+        with _make(True, network=True) as open_net:
+            assert "connect reached" in open_net.run(code).stdout
+        with _make(False) as unisolated:
+            assert "connect reached" in unisolated.run(code).stdout
+    finally:
+        server.close()
+
+
+@needs_bwrap
+def test_runs_as_nobody_with_a_read_only_host(bsb):
+    home = os.path.expanduser("~")
+    planted = os.path.join(home, f"agym-secret-{uuid.uuid4().hex}")
+    code = f"""
+import os
+print(os.getuid(), os.getgid(), os.getcwd())
+for path in ["/usr/agym-probe", "/etc/agym-probe", "/agym-probe", {home!r} + "/agym-probe"]:
+    try:
+        open(path, "w")
+        print("wrote", path)
+    except OSError:
+        pass
+for path in ["/etc/shadow", {planted!r}]:
+    try:
+        open(path).read()
+        print("read", path)
+    except OSError:
+        pass
+print(os.listdir("/tmp"), os.listdir("/run"))  # fresh /tmp; no host sockets (docker.sock, D-Bus) in /run
+"""
+    with open(planted, "w") as f:
+        f.write("secret")
+    try:
+        r = bsb.run(code)
+    finally:
+        os.remove(planted)
+    assert r.ok, r.stderr
+    assert r.stdout.splitlines() == ["65534 65534 /sandbox", "[] []"]
+    assert bsb.limits_enforced["filesystem"] == "bwrap" and bsb.limits_enforced["network"] == "netns"
+
+
+@needs_bwrap
+def test_classic_bwrap_mode_runs(monkeypatch):
+    monkeypatch.setattr(bwrap_mod, "mode", lambda: "classic")  # the mode used by non-root hosts
+    with _make(True) as sandbox:
+        assert sandbox.mode == "classic"
+        r = sandbox.run("import os, socket; print(os.getuid(), socket.gethostname())")
+    assert r.ok and r.stdout == "65534 sandbox\n", r
+
+
+def test_host_environment_not_visible(monkeypatch):
+    monkeypatch.setenv("AGYM_TEST_SECRET", "hunter2")
+    for use_bwrap in [False] + ([True] if bwrap_available() else []):
+        with _make(use_bwrap, env={"EXTRA": "yes"}) as sandbox:
+            r = sandbox.run("import os; print(sorted(os.environ)); print(os.environ['EXTRA'])")
+            keys = set(ast.literal_eval(r.stdout.splitlines()[0])) - {"PWD", "LC_CTYPE"}
+            assert keys == {
+                "PATH",
+                "HOME",
+                "LANG",
+                "PYTHONDONTWRITEBYTECODE",
+                "PYTHONUNBUFFERED",
+                "PYTHONPATH",
+                "EXTRA",
+            }
+            assert r.stdout.splitlines()[1] == "yes"
+            assert "hunter2" not in sandbox.run("env", language="bash").stdout
+
+
+# -- working directory and files --------------------------------------------------------------------
+def test_workdir_persists_and_new_sandbox_starts_clean(sb):
+    assert sb.run("open('state.txt', 'w').write('42')").ok
+    assert sb.run("print(open('state.txt').read())").stdout == "42\n"
+    assert sb.run("import helper_mod", stdin=None).status == "error"
+    sb.write_files({"helper_mod.py": "VALUE = 7\n"})
+    assert sb.run("import helper_mod; print(helper_mod.VALUE)").stdout == "7\n"
+    with _make(sb.isolated) as fresh:
+        assert fresh.run("import os; print(os.listdir('.'))").stdout == "[]\n"
+    host_dir = sb.workdir
+    sb.close()
+    sb.close()  # idempotent
+    assert not os.path.exists(host_dir)
+    with pytest.raises(SandboxError, match="closed"):
+        sb.run("print(1)")
+    with pytest.raises(SandboxError, match="closed"):
+        sb.read_file("state.txt")
+
+
+def test_write_files_read_file_round_trip(sb):
+    sb.write_files({"data/in.txt": "héllo", "raw.bin": b"\x00\xff\x10"})
+    code = "import os\ns = open('data/in.txt').read()\nopen('data/out.txt', 'w').write(s.upper())\nos.remove('data/in.txt')"
+    r = sb.run(code)
+    assert r.ok, r.stderr  # the program may also change and delete what we wrote
+    assert sb.read_file("data/out.txt") == "HÉLLO"
+    assert sb.read_bytes("raw.bin") == b"\x00\xff\x10"
+    sb.run("open('bad.txt', 'wb').write(b'ok\\xff')")
+    assert sb.read_file("bad.txt") == "ok\ufffd"
+    with pytest.raises(FileNotFoundError):
+        sb.read_file("data/in.txt")
+
+
+def test_path_escapes_refused(sb, tmp_path):
+    outside_dir = tmp_path / "outside"
+    outside_dir.mkdir()
+    outside = outside_dir / "file.txt"
+    outside.write_text("original")
+    for bad in ["../x", "/etc/passwd", "a/../../x", "", "./..", "data/../../../etc/passwd"]:
+        with pytest.raises(SandboxError):
+            sb.write_files({bad: "x"})
+        with pytest.raises(SandboxError):
+            sb.read_file(bad)
+    # Links planted by sandboxed code; writes only ever aim at our own temporary files, in case the check broke.
+    code = f"""
+import os
+os.symlink('/etc/passwd', 'passwd_link')
+os.symlink({str(outside)!r}, 'outside_link')
+os.symlink({str(outside_dir)!r}, 'outside_dir')
+open('real.txt', 'w').write('inside')
+os.symlink('real.txt', 'alias')
+os.mkfifo('fifo')
+"""
+    assert sb.run(code).ok
+    for planted in ["passwd_link", "outside_link", "outside_dir/file.txt"]:
+        with pytest.raises(SandboxError, match="outside"):
+            sb.read_file(planted)
+    for planted in ["outside_link", "outside_dir/file.txt", "outside_dir/new.txt"]:
+        with pytest.raises(SandboxError, match="outside"):
+            sb.write_files({planted: "pwned"})
+    assert outside.read_text() == "original" and sorted(os.listdir(outside_dir)) == ["file.txt"]
+    assert sb.read_file("alias") == "inside"  # a symlink that stays inside is fine
+    with pytest.raises(SandboxError, match="regular file"):
+        sb.read_file("fifo")
+
+
+# -- async ------------------------------------------------------------------------------------------
+def test_arun_concurrent_runs_with_gather(sb):
+    async def main():
+        start = time.monotonic()
+        results = await asyncio.gather(
+            *(sb.arun(f"import time; time.sleep(0.6); print({i})") for i in range(4))
+        )
+        elapsed = time.monotonic() - start
+        nested = sb.run("print('from a running loop')")  # run() must work while a loop is running
+        return results, elapsed, nested
+
+    results, elapsed, nested = asyncio.run(main())
+    assert [r.stdout for r in results] == ["0\n", "1\n", "2\n", "3\n"]
+    assert all(r.ok for r in results)
+    assert elapsed < 2.0  # four 0.6 s runs in sequence would take 2.4 s
+    assert nested.stdout == "from a running loop\n"
+
+
+def test_cancelled_arun_kills_its_program(sb):
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(sb.arun("import time; time.sleep(1); open('late.txt', 'w')"), 0.3)
+
+    asyncio.run(main())
+    time.sleep(1.2)
+    assert not os.path.exists(os.path.join(sb.workdir, "late.txt"))
+
+
+def test_async_context_manager():
+    async def main():
+        async with _make(False) as sandbox:
+            r = await sandbox.arun("echo hi", language="bash")
+        return r, sandbox
+
+    r, sandbox = asyncio.run(main())
+    assert r.stdout == "hi\n"
+    assert not os.path.exists(sandbox.workdir)
+
+
+# -- fallback, errors, factory ----------------------------------------------------------------------
+def test_unisolated_fallback_warns_once(monkeypatch):
+    monkeypatch.setattr(local_mod, "_warned_unisolated", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = make_sandbox("local", use_bwrap=False)
+        second = make_sandbox("local", use_bwrap=False)
+    try:
+        runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert len(runtime) == 1 and "NOT isolated" in str(runtime[0].message)
+        assert first.limits_enforced["filesystem"] == "none" and first.limits_enforced["network"] == "none"
+        assert first.run("print(2 + 2)").stdout == "4\n"
+        assert second.run("import os; print(os.getcwd())").stdout == f"{second.workdir}\n"
+    finally:
+        first.close()
+        second.close()
+
+
+@needs_bwrap
+def test_sandbox_error_when_bwrap_cannot_start(bsb):
+    shutil.rmtree(bsb.workdir)
+    r = bsb.run("print(1)")
+    assert r.status == "sandbox_error" and r.exit_code is None
+    assert "bwrap" in r.stderr
+
+
+def test_make_sandbox_backends_and_config():
+    with pytest.raises(ValueError, match="local"):
+        make_sandbox("nope")
+    with pytest.raises(SandboxError, match="docker backend not available yet"):
+        make_sandbox("docker")
+    with pytest.raises(ValueError, match="memory_mb"):
+        SandboxConfig(memory_mb=0)
+    assert all(f.metadata.get("help") for f in dataclasses.fields(SandboxConfig))
+    defaults = SandboxConfig()
+    assert (defaults.timeout, defaults.memory_mb, defaults.pids, defaults.network) == (10.0, 512, 64, False)
+    assert (defaults.max_output_bytes, defaults.max_file_mb) == (1 << 20, 64)
+    with _make(False, timeout=3, config=SandboxConfig(pids=9)) as sandbox:
+        assert (sandbox.config.timeout, sandbox.config.pids) == (3, 9)
+
+
+def test_cgroup_v2_plumbing_with_a_fake_tree(monkeypatch, tmp_path):
+    own = next(
+        line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::")
+    )
+    base = tmp_path / own.strip().lstrip("/")
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "cgroup.controllers").write_text("cpu memory pids\n")
+    (base / "cgroup.subtree_control").write_text("memory pids\n")
+    monkeypatch.setattr(limits_mod, "CGROUP_ROOT", str(tmp_path))
+    limits_mod.cgroup_parent.cache_clear()
+    try:
+        assert limits_mod.cgroup_parent() == str(base)
+        assert "+cpu" in (base / "cgroup.subtree_control").read_text()  # the missing controller was enabled
+        with _make(False, memory_mb=100, pids=7, cpus=0.5) as sandbox:
+            assert sandbox.limits_enforced["memory"] == sandbox.limits_enforced["pids"] == "cgroup"
+            r = sandbox.run("import os; print(os.getpid())")
+        assert r.ok, r.stderr
+        (run_dir,) = [p for p in base.iterdir() if p.name.startswith("aligngym-")]
+        assert (run_dir / "memory.max").read_text() == str(100 << 20)
+        assert (run_dir / "pids.max").read_text() == "7"
+        assert (run_dir / "cpu.max").read_text() == "50000 100000"
+        assert (run_dir / "cgroup.procs").read_text().strip().isdigit()  # the wrapper moved itself in
+    finally:
+        limits_mod.cgroup_parent.cache_clear()
