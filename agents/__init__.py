@@ -1,7 +1,7 @@
 """Policies that act in environments: OpenAI-protocol client, local transformers, tiny model, scripted."""
 
 from .base import Agent, AgentError, AgentResponse
-from .factory import build_agent
+from .factory import build_agent, resolve_agent
 from .scripted import ScriptedAgent
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "ToolCallResponse",
     "TransformersAgent",
     "build_agent",
+    "resolve_agent",
 ]
 
 # The heavy backends (openai, torch/transformers) load on first use, so `import aligngym` stays fast.

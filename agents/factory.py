@@ -28,3 +28,21 @@ def build_agent(
     if max_tokens:
         sampling.max_new_tokens = max_tokens
     return TransformersAgent(model, sampling=sampling, **kwargs)
+
+
+def resolve_agent(spec: Any, default: Agent | None = None) -> Agent | None:
+    """An agent from what a config may say: an Agent, a model name, or ``{"model": ..., "base_url": ...}``.
+
+    ``None`` (or ``"scripted"``) gives ``default``, which environments use for their built-in scripted judges.
+    """
+    if spec is None or spec == "scripted":
+        return default
+    if isinstance(spec, str):
+        return build_agent(spec)
+    if isinstance(spec, dict):
+        if "model" not in spec:
+            raise ValueError(f"an agent spec needs a 'model' key, got {sorted(spec)}")
+        return build_agent(**spec)
+    if hasattr(spec, "act"):
+        return spec
+    raise TypeError(f"cannot make an agent from {type(spec).__name__}; pass an Agent, a model name or a dict")

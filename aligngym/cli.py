@@ -29,7 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     ro = sub.add_parser("rollout", help="run an agent in an environment and write trajectories as JSONL")
     ro.add_argument("env_id", metavar="ENV_ID", help="registered id, e.g. aligngym/CodeExec-v0")
     ro.add_argument(
-        "--model", required=True, help="'tiny', a local path / hub name, or the server's model name"
+        "--model",
+        required=True,
+        action="append",
+        help="'tiny', a local path / hub name, or the server's model name; multi-agent envs: repeat it "
+        "(one per seat, in seat order) or write SEAT=NAME; one --model plays every seat (self-play)",
     )
     ro.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (vllm serve)")
     ro.add_argument("--episodes", type=int, required=True, help="number of episodes")
@@ -85,6 +89,35 @@ def _check_env(env_id: str, env_kwargs: dict[str, Any]) -> None:
         ) from None
 
 
+def _seat_models(env_id: str, env_kwargs: dict[str, Any], models: list[str]) -> dict[str, str] | None:
+    """Seat -> model name for multi-agent envs (None for single-agent ones)."""
+    from aligngym.envs.registry import make, spec
+
+    if not spec(env_id).multi_agent:
+        if len(models) > 1:
+            raise UsageError(f"{env_id} is single-agent: give --model once")
+        return None
+    env = make(env_id, **env_kwargs)
+    seats = list(env.possible_agents)
+    env.close()
+    named = [m.split("=", 1) for m in models if "=" in m]
+    if named:
+        if len(named) != len(models):
+            raise UsageError("give every --model as SEAT=NAME, or none of them")
+        mapping = dict(named)
+        wrong = sorted(set(mapping) ^ set(seats))
+        if wrong:
+            raise UsageError(f"--model seats must be exactly {', '.join(seats)}; check {', '.join(wrong)}")
+        return {seat: mapping[seat] for seat in seats}
+    if len(models) == 1:
+        return dict.fromkeys(seats, models[0])
+    if len(models) != len(seats):
+        raise UsageError(
+            f"{env_id} has {len(seats)} seats ({', '.join(seats)}); give 1 or {len(seats)} --model"
+        )
+    return dict(zip(seats, models, strict=True))
+
+
 async def _rollout(args: argparse.Namespace) -> int:
     from aligngym.agents.base import AgentError
     from aligngym.agents.factory import build_agent
@@ -94,17 +127,23 @@ async def _rollout(args: argparse.Namespace) -> int:
     if args.episodes < 0 or args.concurrency < 1:
         raise UsageError("--episodes must be >= 0 and --concurrency >= 1")
     _check_env(args.env_id, env_kwargs)
+    seat_models = _seat_models(args.env_id, env_kwargs, args.model)
     extra = {"api_key": args.api_key} if args.base_url else {}
+    built: dict[str, Any] = {}
     try:
-        agent = build_agent(
-            args.model, args.base_url, temperature=args.temperature, max_tokens=args.max_tokens, **extra
-        )
+        for name in dict.fromkeys(seat_models.values() if seat_models else args.model):
+            built[name] = build_agent(
+                name, args.base_url, temperature=args.temperature, max_tokens=args.max_tokens, **extra
+            )
     except OSError as exc:  # transformers' "not a local folder or hub id" family
-        raise UsageError(f"cannot load model {args.model!r}: {str(exc).splitlines()[0]}") from None
+        raise UsageError(
+            f"cannot load model {exc.filename or args.model[0]!r}: {str(exc).splitlines()[0]}"
+        ) from None
+    agent = {seat: built[name] for seat, name in seat_models.items()} if seat_models else built[args.model[0]]
     try:
         if args.base_url:
             try:
-                await agent.check()
+                await next(iter(built.values())).check()
             except AgentError as exc:
                 raise UsageError(str(exc)) from None
         summary = await rollout(
@@ -119,7 +158,8 @@ async def _rollout(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     finally:
-        await agent.aclose()
+        for policy in built.values():
+            await policy.aclose()
     print(
         f"wrote {summary.written} episodes to {summary.path} "
         f"(skipped {summary.skipped} already done, {summary.errors} errors, "

@@ -72,9 +72,78 @@ async def play_episode(env: Any, agent: Agent, env_id: str, episode: int, seed: 
     return traj
 
 
+async def play_multi_agent_episode(
+    env: Any, seats: dict[str, Agent], env_id: str, episode: int, seed: int | None
+) -> list[Trajectory]:
+    """Play one multi-agent episode; returns one trajectory per seat, linked by ``episode_id``."""
+    episode_id = uuid.uuid4().hex
+    start = time.perf_counter()
+    trajs = {
+        seat: Trajectory(
+            env_id=env_id,
+            episode=episode,
+            seed=seed,
+            agent=agent.name,
+            episode_id=episode_id,
+            agent_id=seat,
+            num_agents=len(seats),
+        )
+        for seat, agent in seats.items()
+    }
+    infos: dict[str, dict[str, Any]] = {}
+    error = None
+    try:
+        _, infos = env.reset(seed=seed)
+        for seat, traj in trajs.items():
+            traj.messages = infos[seat]["messages"]
+        rounds = 0
+        while env.agents:
+            if rounds >= MAX_TURNS_GUARD:
+                raise RuntimeError(f"episode did not end within {MAX_TURNS_GUARD} rounds")
+            live = list(env.agents)
+            replies = await asyncio.gather(*(seats[a].act(trajs[a].messages) for a in live))
+            step = env.astep if hasattr(env, "astep") else None
+            actions = {a: r.text for a, r in zip(live, replies, strict=True)}
+            _, rewards, terminations, truncations, step_infos = (
+                await step(actions) if step else env.step(actions)
+            )
+            rounds += 1
+            for a in live:
+                traj = trajs[a]
+                traj.turns += 1
+                traj.rewards.append(float(rewards.get(a, 0.0)))
+                infos[a] = step_infos.get(a, infos.get(a, {}))
+                traj.messages = infos[a].get("messages", traj.messages)
+                traj.terminated = bool(terminations.get(a, False))
+                traj.truncated = bool(truncations.get(a, False))
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}".strip()
+    duration = time.perf_counter() - start
+    for seat, traj in trajs.items():
+        info = infos.get(seat, {})
+        traj.error = error
+        traj.reward = sum(traj.rewards)
+        traj.reward_components = dict(info.get("reward_components", {}))
+        traj.info = {k: v for k, v in info.items() if k not in ("messages", "reward_components")}
+        traj.duration_s = duration
+    return list(trajs.values())
+
+
+def seat_agents(env: Any, agent: Agent | dict[str, Agent]) -> dict[str, Agent]:
+    """Map every seat of a multi-agent env to a policy: one policy for all (self-play) or one per seat."""
+    seats = list(env.possible_agents)
+    if not isinstance(agent, dict):
+        return dict.fromkeys(seats, agent)
+    missing = [s for s in seats if s not in agent]
+    unknown = [s for s in agent if s not in seats]
+    if missing or unknown:
+        raise ValueError(f"seat map must name each of {seats}; missing {missing}, unknown {unknown}")
+    return dict(agent)
+
+
 async def rollout(
     env_id: str,
-    agent: Agent,
+    agent: Agent | dict[str, Agent],
     *,
     episodes: int,
     out: str | Path,
@@ -84,11 +153,19 @@ async def rollout(
     resume: bool = False,
     progress: bool = True,
 ) -> RolloutSummary:
-    """Run ``episodes`` episodes of ``env_id`` with ``agent``; episode ``i`` uses seed ``seed + i``."""
+    """Run ``episodes`` episodes of ``env_id``; episode ``i`` uses seed ``seed + i``.
+
+    ``agent`` is one policy, or for multi-agent envs a ``{seat: policy}`` map; multi-agent episodes write one
+    row per seat, linked by ``episode_id``.
+    """
     env_kwargs = env_kwargs or {}
     if episodes < 0 or concurrency < 1:
         raise ValueError("episodes must be >= 0 and concurrency >= 1")
-    first_env = make(env_id, **env_kwargs).unwrapped  # bad env ids and kwargs fail here, before any work
+    first_env = _unwrapped(make(env_id, **env_kwargs))  # bad env ids and kwargs fail here, before any work
+    multi = hasattr(first_env, "possible_agents")
+    seats = seat_agents(first_env, agent) if multi else None
+    if not multi and isinstance(agent, dict):
+        raise ValueError(f"{env_id} is single-agent: pass one agent, not a seat map")
     writer = TrajectoryWriter(out, resume=resume)
     todo = [i for i in range(episodes) if i not in writer.done]
     skipped = episodes - len(todo)
@@ -100,12 +177,16 @@ async def rollout(
     spare = [first_env]
 
     async def worker() -> None:
-        env = spare.pop() if spare else make(env_id, **env_kwargs).unwrapped
+        env = spare.pop() if spare else _unwrapped(make(env_id, **env_kwargs))
         try:
             while not queue.empty():
                 i = queue.get_nowait()
-                traj = await play_episode(env, agent, env_id, i, seed + i)
-                writer.write(traj)
+                if multi:
+                    group = await play_multi_agent_episode(env, seats, env_id, i, seed + i)
+                else:
+                    group = [await play_episode(env, agent, env_id, i, seed + i)]
+                writer.write(*group)
+                traj = group[0]
                 stats["written"] += 1
                 stats["turns"] += traj.turns
                 if traj.error:
@@ -113,10 +194,10 @@ async def rollout(
                     # The env may be mid-episode in an unknown state; a fresh one is cheap insurance.
                     with contextlib.suppress(Exception):
                         env.close()
-                    env = make(env_id, **env_kwargs).unwrapped
+                    env = _unwrapped(make(env_id, **env_kwargs))
                 else:
                     stats["ok"] += 1
-                    stats["reward"] += traj.reward
+                    stats["reward"] += sum(t.reward for t in group) / len(group)
                 if bar:
                     bar.advance(stats)
         finally:
@@ -142,6 +223,11 @@ async def rollout(
         duration_s=time.perf_counter() - start,
         turns=stats["turns"],
     )
+
+
+def _unwrapped(env: Any) -> Any:
+    # Gymnasium wrappers hide ``astep``; PettingZoo envs from our registry are not wrapped.
+    return getattr(env, "unwrapped", env)
 
 
 class _Progress:

@@ -29,6 +29,9 @@ class Trajectory:
     agent: str | None = None
     episode_id: str = ""
     duration_s: float = 0.0
+    #: Multi-agent episodes: this row's seat, and how many rows (seats) the episode has.
+    agent_id: str | None = None
+    num_agents: int = 1
 
     def to_json(self) -> str:
         """One line of JSON (no newline); non-JSON values in ``info`` are stringified, not dropped."""
@@ -59,6 +62,17 @@ def read_trajectories(path: str | Path) -> list[dict[str, Any]]:
     """Every complete row of a trajectory file; a half-written last line (a killed writer) is skipped."""
     rows, _ = _scan(Path(path))
     return rows
+
+
+def _complete_episodes(rows: list[dict[str, Any]]) -> dict[int, int]:
+    """Episode index -> row count, for episodes that have a row for every seat."""
+    counts: dict[int, int] = {}
+    seats: dict[int, int] = {}
+    for row in rows:
+        episode = int(row["episode"])
+        counts[episode] = counts.get(episode, 0) + 1
+        seats[episode] = int(row.get("num_agents", 1))
+    return {e: n for e, n in counts.items() if n >= seats[e]}
 
 
 def _scan(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -94,20 +108,34 @@ class TrajectoryWriter:
         self.done: set[int] = set()
         if resume:
             rows, good_end = _scan(self.path)
-            if self.path.exists() and good_end < self.path.stat().st_size:
-                with self.path.open("r+b") as fh:
-                    fh.truncate(good_end)
-            self.done = {int(r["episode"]) for r in rows if "episode" in r}
+            complete = _complete_episodes(rows)
+            if good_end < (self.path.stat().st_size if self.path.exists() else 0) or sum(
+                complete.values()
+            ) < len(rows):
+                # Drop a torn last line and the rows of episodes whose seats were not all written.
+                self._rewrite(rows, complete)
+            self.done = {int(r["episode"]) for r in rows if int(r["episode"]) in complete}
             self._fh = self.path.open("a", encoding="utf-8")
         else:
             self._fh = self.path.open("w", encoding="utf-8")
 
-    def write(self, trajectory: Trajectory) -> None:
-        """Write one trajectory as a single line and hand it to the OS before returning."""
-        # One write call per line keeps lines whole; flush so a kill -9 loses at most the line in flight.
-        self._fh.write(trajectory.to_json() + "\n")
+    def _rewrite(self, rows: list[dict[str, Any]], complete: dict[int, int]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            for row in rows:
+                if int(row["episode"]) in complete:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def write(self, *trajectories: Trajectory) -> None:
+        """Write trajectories (all seats of one episode) as lines, handed to the OS before returning."""
+        # One write call per episode keeps its lines together; flush so a kill -9 loses at most the episode
+        # in flight, which resume detects (torn line, or fewer rows than seats) and redoes.
+        self._fh.write("".join(t.to_json() + "\n" for t in trajectories))
         self._fh.flush()
-        self.done.add(trajectory.episode)
+        self.done.update(t.episode for t in trajectories)
 
     def close(self) -> None:
         """Flush to disk and close the file."""

@@ -26,3 +26,9 @@ register(
     "aligngym.envs.code_exec:CodeExecEnv",
     description="Write Python that passes unit tests, run in a sandbox (reward = fraction passed).",
 )
+register(
+    "aligngym/Debate-v0",
+    "aligngym.envs.debate:DebateEnv",
+    description="Multi-agent debate (Du et al. 2023): answer, read the others, revise; majority vote.",
+    multi_agent=True,
+)

@@ -1,0 +1,154 @@
+"""Base class for multi-agent text environments, on PettingZoo's Parallel API.
+
+Every agent sees its own chat (``infos[agent]["messages"]``) and gets its own reward and reward components,
+so self-play training has per-agent trajectories. Subclasses implement ``new_episode`` and ``play_round``;
+this class owns seeding, the per-agent chats, round limits and the termination bookkeeping.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import concurrent.futures
+import functools
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from gymnasium.utils import seeding
+from pettingzoo import ParallelEnv
+
+from .base import Message, TextSpace
+
+T = TypeVar("T")
+
+
+@dataclass
+class RoundResult:
+    """What one simultaneous round produced, per agent, and whether the episode is over."""
+
+    observations: dict[str, str] = field(default_factory=dict)
+    rewards: dict[str, float] = field(default_factory=dict)
+    done: bool = False
+    components: dict[str, dict[str, float]] = field(default_factory=dict)
+    infos: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Episode-level facts (e.g. whether the majority was right), copied into every agent's info.
+    episode_info: dict[str, Any] = field(default_factory=dict)
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, also when this thread already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    # A sync step() called from inside a running loop cannot block that loop's thread on itself.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+class MultiAgentTextEnv(ParallelEnv, abc.ABC):
+    """A PettingZoo ``ParallelEnv`` whose observations and actions are text, one chat per agent."""
+
+    metadata = {"name": "aligngym_multi_agent", "render_modes": ["ansi"], "is_parallelizable": True}
+    #: Human-readable one-liner shown by ``aligngym envs``.
+    description: str = ""
+
+    def __init__(self, agent_ids: list[str], max_rounds: int, render_mode: str | None = None):
+        if len(set(agent_ids)) != len(agent_ids) or not agent_ids:
+            raise ValueError(f"agent ids must be unique and non-empty, got {agent_ids}")
+        if max_rounds < 1:
+            raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
+        self.possible_agents = list(agent_ids)
+        self.agents: list[str] = []
+        self.max_rounds = max_rounds
+        self.render_mode = render_mode
+        self.rounds = 0
+        self.messages: dict[str, list[Message]] = {}
+        self.np_random, _ = seeding.np_random(None)
+        self._episode_info: dict[str, Any] = {}
+
+    # -- to implement -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def new_episode(self, options: dict[str, Any] | None) -> dict[str, str]:
+        """Choose this episode's task with ``self.np_random``; return each agent's first message."""
+
+    @abc.abstractmethod
+    async def play_round(self, actions: dict[str, str]) -> RoundResult:
+        """Apply every agent's message for this round; return what each agent sees and earns next."""
+
+    # -- PettingZoo API -----------------------------------------------------------------------------
+    @functools.lru_cache(maxsize=None)  # noqa: B019  (PettingZoo requires the same space object per agent)
+    def observation_space(self, agent: str) -> TextSpace:
+        return TextSpace()
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019
+    def action_space(self, agent: str) -> TextSpace:
+        return TextSpace()
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is not None:
+            self.np_random, _ = seeding.np_random(seed)
+            for i, agent in enumerate(self.possible_agents):
+                self.action_space(agent).seed(seed + i)
+        self.agents = list(self.possible_agents)
+        self.rounds = 0
+        self._episode_info = {}
+        first = self.new_episode(options)
+        self.messages = {a: [{"role": "user", "content": first[a]}] for a in self.agents}
+        return dict(first), {a: self._info(a, {}, {}) for a in self.agents}
+
+    def step(self, actions: dict[str, str]):
+        return run_sync(self.astep(actions))
+
+    async def astep(self, actions: dict[str, str]):
+        """Async ``step``: environments whose rounds call models (judges, evaluators) await them here."""
+        if not self.agents:
+            raise RuntimeError("step() called on a finished episode; call reset() first")
+        # A live agent that sent nothing said nothing: an empty message, never a crash.
+        actions = {a: actions.get(a, "") for a in self.agents}
+        for agent, text in actions.items():
+            if not isinstance(text, str):
+                raise TypeError(f"action of {agent} must be a str, got {type(text).__name__}")
+            self.messages[agent].append({"role": "assistant", "content": text})
+        result = await self.play_round(actions)
+        self.rounds += 1
+        self._episode_info.update(result.episode_info)
+        terminated = bool(result.done)
+        truncated = not terminated and self.rounds >= self.max_rounds
+        live = list(self.agents)
+        observations, infos = {}, {}
+        for agent in live:
+            observations[agent] = result.observations.get(agent, "")
+            if not (terminated or truncated):
+                self.messages[agent].append({"role": "user", "content": observations[agent]})
+            infos[agent] = self._info(agent, result.infos.get(agent, {}), result.components.get(agent, {}))
+        rewards = {a: float(result.rewards.get(a, 0.0)) for a in live}
+        if terminated or truncated:
+            self.agents = []
+        return (
+            observations,
+            rewards,
+            dict.fromkeys(live, terminated),
+            dict.fromkeys(live, truncated),
+            infos,
+        )
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        return "\n\n".join(
+            f"== {agent} ==\n" + "\n".join(f"[{m['role']}] {m['content']}" for m in msgs)
+            for agent, msgs in self.messages.items()
+        )
+
+    def close(self) -> None:
+        """Release resources; the base holds none."""
+
+    def _info(self, agent: str, extra: dict[str, Any], components: dict[str, float]) -> dict[str, Any]:
+        info = dict(extra)
+        info["messages"] = [dict(m) for m in self.messages.get(agent, [])]
+        info["reward_components"] = {k: float(v) for k, v in components.items()}
+        info["round"] = self.rounds
+        info["episode"] = dict(self._episode_info)
+        return info
