@@ -10,7 +10,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
-import functools
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -60,6 +59,9 @@ class MultiAgentTextEnv(ParallelEnv, abc.ABC):
         if max_rounds < 1:
             raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
         self.possible_agents = list(agent_ids)
+        # PettingZoo requires the same space object for an agent on every call.
+        self._observation_spaces = {a: TextSpace() for a in agent_ids}
+        self._action_spaces = {a: TextSpace() for a in agent_ids}
         self.agents: list[str] = []
         self.max_rounds = max_rounds
         self.render_mode = render_mode
@@ -78,13 +80,11 @@ class MultiAgentTextEnv(ParallelEnv, abc.ABC):
         """Apply every agent's message for this round; return what each agent sees and earns next."""
 
     # -- PettingZoo API -----------------------------------------------------------------------------
-    @functools.lru_cache(maxsize=None)  # noqa: B019  (PettingZoo requires the same space object per agent)
     def observation_space(self, agent: str) -> TextSpace:
-        return TextSpace()
+        return self._observation_spaces[agent]
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019
     def action_space(self, agent: str) -> TextSpace:
-        return TextSpace()
+        return self._action_spaces[agent]
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is not None:
