@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     ro.add_argument("--api-key", default="EMPTY", help="API key for --base-url (default EMPTY)")
     ro.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    pa = sub.add_parser("pairs", help="build DPO preference pairs from trajectories")
+    pa.add_argument("trajectories", metavar="TRAJ.jsonl", help="output of `aligngym rollout`")
+    pa.add_argument("--out", required=True, help="pairs JSONL (prompt, chosen, rejected, rewards)")
+    pa.add_argument("--min-margin", type=float, default=0.1, help="least reward gap (default 0.1)")
+    pa.add_argument("--max-pairs-per-prompt", type=int, default=4, help="most pairs per prompt (default 4)")
+
     tr = sub.add_parser("train", help="train a policy from environment rewards (TRL)")
     tr.add_argument("config", metavar="CONFIG.yaml", help="training config (see examples/quickstart.yaml)")
     tr.add_argument("--output-dir", help="overrides output_dir of the config")
@@ -185,11 +191,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
         train(config)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    rows = read_metrics(config.output_dir)
+    rows = [r for r in read_metrics(config.output_dir) if r.get("reward") is not None]
     if len(rows) >= 4:
         first, last = quarter_means(rows)
         print(f"mean reward: first quarter {first:.4f} -> last quarter {last:.4f}")
     print(f"metrics, reward_curve.png and model written to {config.output_dir}")
+    return 0
+
+
+def _cmd_pairs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aligngym.trainers.pairs import PairConfig, build_pairs, write_jsonl
+    from aligngym.trajectory import read_trajectories
+
+    if not Path(args.trajectories).exists():
+        raise UsageError(f"trajectory file {args.trajectories!r} not found")
+    rows = read_trajectories(args.trajectories)
+    pairs = build_pairs(
+        rows, PairConfig(min_margin=args.min_margin, max_pairs_per_prompt=args.max_pairs_per_prompt)
+    )
+    n = write_jsonl(pairs, args.out)
+    print(f"wrote {n} pairs from {len(rows)} trajectories to {args.out}")
     return 0
 
 
@@ -201,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_envs(args)
         if args.command == "rollout":
             return asyncio.run(_rollout(args))
+        if args.command == "pairs":
+            return _cmd_pairs(args)
         return _cmd_train(args)
     except UsageError as exc:
         print(f"aligngym: error: {exc}", file=sys.stderr)

@@ -9,7 +9,9 @@ from typing import Any
 
 import yaml
 
-METHODS = ("grpo",)
+METHODS = ("grpo", "dpo", "sft")
+#: Methods that learn from a trajectory file instead of playing the environment.
+OFFLINE_METHODS = ("dpo", "sft")
 
 
 class ConfigError(ValueError):
@@ -40,6 +42,19 @@ class TrainConfig:
     beta: float = field(default=0.0, metadata={"help": "KL coefficient against the reference policy."})
     logging_steps: int = field(default=1, metadata={"help": "Log metrics every N steps."})
     save_model: bool = field(default=True, metadata={"help": "Save the final model to OUTPUT_DIR/model."})
+    data: str | None = field(
+        default=None, metadata={"help": "dpo/sft: trajectory JSONL (from `aligngym rollout`) to learn from."}
+    )
+    min_margin: float = field(
+        default=0.1, metadata={"help": "dpo: least reward gap between chosen and rejected."}
+    )
+    max_pairs_per_prompt: int = field(default=4, metadata={"help": "dpo: most pairs taken from one prompt."})
+    reward_threshold: float | None = field(
+        default=None, metadata={"help": "sft: keep trajectories with reward >= this (rejection sampling)."}
+    )
+    top_k: int | None = field(
+        default=None, metadata={"help": "sft: keep the k best trajectories per prompt."}
+    )
     trl: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "Extra TRL trainer arguments passed through verbatim."}
     )
@@ -51,6 +66,20 @@ class TrainConfig:
         for name in ("num_prompts", "max_steps", "batch_size", "num_generations", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.method in OFFLINE_METHODS:
+            if not self.data:
+                raise ConfigError(
+                    f"data: method {self.method} learns from trajectories; set data: FILE.jsonl"
+                )
+            if not Path(self.data).exists():
+                raise ConfigError(
+                    f"data: {self.data!r} not found (write it with `aligngym rollout ... --out`)"
+                )
+            if self.method == "sft" and self.reward_threshold is None and self.top_k is None:
+                raise ConfigError(
+                    "sft needs reward_threshold and/or top_k to choose which trajectories to keep"
+                )
+            return
         if self.num_generations < 2:
             raise ConfigError("num_generations: GRPO needs >= 2 completions per prompt to compare them")
         if self.batch_size % self.num_generations:
@@ -59,6 +88,9 @@ class TrainConfig:
             )
         if not isinstance(self.env_kwargs, dict) or not isinstance(self.trl, dict):
             raise ConfigError("env_kwargs and trl must be mappings")
+
+
+_OPTIONAL_TYPES = {"data": str, "reward_threshold": float, "top_k": int}
 
 
 def help_text(cls: type = TrainConfig) -> str:
@@ -90,6 +122,10 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(known)}")
     for key, value in data.items():
         expected = type(known[key].default) if known[key].default is not dataclasses.MISSING else dict
+        if known[key].default is None:
+            expected = _OPTIONAL_TYPES[key]
+            if value is None:
+                continue
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             data[key] = float(value)
         elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):

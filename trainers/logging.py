@@ -13,7 +13,7 @@ CURVE_FILE = "reward_curve.png"
 
 
 class MetricsCallback(TrainerCallback):
-    """Appends each log event of the trainer to ``OUTPUT_DIR/metrics.jsonl`` with ``step`` and ``reward``."""
+    """Appends each logging step of the trainer to ``OUTPUT_DIR/metrics.jsonl`` (``step`` plus TRL's logs)."""
 
     def __init__(self, output_dir: str | Path):
         self.path = Path(output_dir) / METRICS_FILE
@@ -21,8 +21,8 @@ class MetricsCallback(TrainerCallback):
         self.path.write_text("")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "reward" not in logs:
-            return  # the final summary (train_runtime, ...) has no reward and is not a step
+        if not logs or "train_runtime" in logs:
+            return  # the end-of-training summary is not a step
         row = {"step": state.global_step, **{k: _plain(v) for k, v in logs.items()}}
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -49,26 +49,50 @@ def quarter_means(rows: list[dict], key: str = "reward") -> tuple[float, float]:
     return sum(values[:q]) / q, sum(values[-q:]) / q
 
 
-def plot_reward_curve(output_dir: str | Path, title: str = "") -> Path:
-    """Draw reward (and its components) against step into ``OUTPUT_DIR/reward_curve.png``."""
+def plot_reward_curve(output_dir: str | Path, title: str = "") -> Path | None:
+    """Draw reward (and its components) against step into ``OUTPUT_DIR/reward_curve.png``, if rewards were logged."""
+    rows = [r for r in read_metrics(output_dir) if r.get("reward") is not None]
+    if not rows:
+        return None
+    series = {"reward": [r["reward"] for r in rows]}
+    for key in sorted(rows[0]):
+        if key.startswith("rewards/") and key.endswith("/mean") and key != "rewards/env/mean":
+            series[key[8:-5]] = [r.get(key) for r in rows]
+    return _plot(
+        output_dir,
+        CURVE_FILE,
+        [r["step"] for r in rows],
+        series,
+        "mean reward",
+        title or "reward during training",
+    )
+
+
+def plot_metric(output_dir: str | Path, key: str, filename: str, title: str = "") -> Path | None:
+    """Draw one logged metric (loss, margins, ...) against step; None when it was never logged."""
+    rows = [r for r in read_metrics(output_dir) if r.get(key) is not None]
+    if not rows:
+        return None
+    return _plot(
+        output_dir, filename, [r["step"] for r in rows], {key: [r[key] for r in rows]}, key, title or key
+    )
+
+
+def _plot(output_dir, filename, steps, series: dict[str, list], ylabel: str, title: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(output_dir)
     fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in rows]
-    ax.plot(steps, [r["reward"] for r in rows], label="reward", linewidth=2)
-    for key in sorted(rows[0] if rows else {}):
-        if key.startswith("rewards/") and key.endswith("/mean") and key != "rewards/env/mean":
-            ax.plot(steps, [r.get(key) for r in rows], label=key[8:-5], alpha=0.6)
+    for i, (label, values) in enumerate(series.items()):
+        ax.plot(steps, values, label=label, linewidth=2 if i == 0 else 1, alpha=1 if i == 0 else 0.6)
     ax.set_xlabel("step")
-    ax.set_ylabel("mean reward")
-    ax.set_title(title or "reward during training")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    path = Path(output_dir) / CURVE_FILE
+    path = Path(output_dir) / filename
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

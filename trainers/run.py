@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 
 from .config import ConfigError, TrainConfig
-from .logging import plot_reward_curve
+from .logging import plot_metric, plot_reward_curve
 
 
 def train(config: TrainConfig):
@@ -30,10 +30,18 @@ def train(config: TrainConfig):
         from .grpo import train_grpo
 
         trainer = train_grpo(config, model, tokenizer)
-    else:  # validate() has already refused anything else
-        raise AssertionError(config.method)
+    elif config.method == "dpo":
+        from .offline import train_dpo
+
+        trainer = train_dpo(config, model, tokenizer)
+    else:
+        from .offline import train_sft
+
+        trainer = train_sft(config, model, tokenizer)
     out = Path(config.output_dir)
     plot_reward_curve(out, title=f"{config.method} on {config.env} ({config.model})")
+    plot_metric(out, "loss", "loss_curve.png", title=f"{config.method} loss")
+    plot_metric(out, "rewards/margins", "margin_curve.png", title="DPO implicit reward margin")
     if config.save_model:
         trainer.save_model(str(out / "model"))
         tokenizer.save_pretrained(str(out / "model"))

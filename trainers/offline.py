@@ -1,0 +1,114 @@
+"""Learning from stored trajectories: DPO on preference pairs, SFT on the best trajectories (rejection sampling)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import ConfigError, TrainConfig
+from .logging import MetricsCallback
+from .pairs import PairConfig, build_pairs, build_sft
+
+
+def _pair_config(config: TrainConfig) -> PairConfig:
+    return PairConfig(
+        min_margin=config.min_margin,
+        max_pairs_per_prompt=config.max_pairs_per_prompt,
+        reward_threshold=config.reward_threshold,
+        top_k=config.top_k,
+    )
+
+
+def _common_args(config: TrainConfig) -> dict[str, Any]:
+    import torch
+
+    return {
+        "output_dir": config.output_dir,
+        "max_steps": config.max_steps,
+        "learning_rate": config.learning_rate,
+        "per_device_train_batch_size": config.batch_size,
+        "logging_steps": config.logging_steps,
+        "seed": config.seed,
+        "use_cpu": not torch.cuda.is_available(),
+        "bf16": False,
+        "report_to": "none",
+        "save_strategy": "no",
+        **config.trl,
+    }
+
+
+def _rows(config: TrainConfig) -> list[dict[str, Any]]:
+    from aligngym.trajectory import read_trajectories
+
+    return read_trajectories(config.data)
+
+
+def train_dpo(config: TrainConfig, model, tokenizer):
+    """TRL ``DPOTrainer`` on pairs built from ``config.data`` (chosen = higher reward of the same prompt)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    pairs = build_pairs(_rows(config), _pair_config(config))
+    if not pairs:
+        raise ConfigError(
+            f"data: no preference pairs in {config.data} (need >= 2 successful trajectories of the same prompt "
+            f"whose rewards differ by >= min_margin={config.min_margin})"
+        )
+    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+    args = DPOConfig(beta=config.beta or 0.1, **_common_args(config))
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[MetricsCallback(config.output_dir)],
+    )
+    trainer.train()
+    return trainer
+
+
+def train_sft(config: TrainConfig, model, tokenizer):
+    """TRL ``SFTTrainer`` on the kept trajectories, loss on assistant turns only."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    kept = build_sft(_rows(config), _pair_config(config))
+    if not kept:
+        raise ConfigError(f"data: no trajectory in {config.data} passes reward_threshold/top_k")
+    dataset = Dataset.from_list([{"messages": k["messages"]} for k in kept])
+    # Environment turns are context, not targets: only the policy's own turns are trained on.
+    args = SFTConfig(assistant_only_loss=True, **_common_args(config))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[MetricsCallback(config.output_dir)],
+    )
+    trainer.train()
+    return trainer
+
+
+def completion_logprob(model, tokenizer, prompt: list[dict], completion: list[dict]) -> float:
+    """Sum of the model's log-probabilities of ``completion``'s tokens after ``prompt`` (chat-templated)."""
+    import torch
+
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=False)
+    full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([full_ids], device=next(model.parameters()).device)
+    with torch.no_grad():
+        logits = model(ids).logits[0, :-1].float()
+    logps = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
+    return float(logps[len(prompt_ids) - 1 :].sum())
+
+
+def implicit_margin(policy, reference, tokenizer, pair: dict[str, Any], beta: float = 0.1) -> float:
+    """DPO's implicit reward margin of one pair: beta * (log-ratio of chosen - log-ratio of rejected)."""
+
+    def ratio(messages: list[dict]) -> float:
+        return completion_logprob(policy, tokenizer, pair["prompt"], messages) - completion_logprob(
+            reference, tokenizer, pair["prompt"], messages
+        )
+
+    return beta * (ratio(pair["chosen"]) - ratio(pair["rejected"]))
