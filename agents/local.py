@@ -139,6 +139,8 @@ class TransformersAgent:
             return generate_batch(self.model, self.tokenizer, prompt_ids, self.sampling)
 
     async def aclose(self) -> None:
-        """Nothing to release beyond the model, which the garbage collector frees."""
-        if self._worker is not None:
-            await asyncio.gather(self._worker, return_exceptions=True)
+        """Wait for the batch in flight; the model itself is freed by the garbage collector."""
+        worker, self._worker = self._worker, None
+        # A worker from another (finished) event loop cannot be awaited here and has nothing left to do.
+        if worker is not None and not worker.done() and worker.get_loop() is asyncio.get_running_loop():
+            await asyncio.gather(worker, return_exceptions=True)

@@ -81,3 +81,17 @@ def test_kl_penalty_reloads_reference_policy_by_path(tmp_path):
     trainer = train(config)
     assert trainer.ref_model is not None
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_short_rloo_run_improves_reward(tmp_path):
+    from aligngym.trainers.run import train
+
+    config = load_config(
+        QUICKSTART, output_dir=str(tmp_path), method="rloo", max_steps=120, logging_steps=5, save_model=False
+    )
+    trainer = train(config)
+    assert trainer.scale_rewards == "none"
+    assert float(trainer.reward_weights[0]) == pytest.approx(8 / 7)
+    first, last = quarter_means(read_metrics(tmp_path))
+    assert last > first + 0.15, (first, last)

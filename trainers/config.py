@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-METHODS = ("grpo", "dpo", "sft")
+METHODS = ("grpo", "rloo", "dpo", "sft")
 #: Methods that learn from a trajectory file instead of playing the environment.
 OFFLINE_METHODS = ("dpo", "sft")
 

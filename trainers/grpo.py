@@ -1,4 +1,4 @@
-"""Online RL from any registered environment with TRL's ``GRPOTrainer``; the env drives generation."""
+"""Online RL (GRPO, RLOO) from any registered environment with TRL's ``GRPOTrainer``; the env drives generation."""
 
 from __future__ import annotations
 
@@ -55,6 +55,13 @@ def train_grpo(config: TrainConfig, model, tokenizer):
     # The env's scalar reward trains; its components ride along with weight 0 so TRL logs each of them.
     reward_funcs = [_reward_func("env", "env_reward")]
     reward_funcs += [_reward_func(name, f"component_{name}") for name in components]
+    env_weight, scale_rewards = 1.0, "group"
+    if config.method == "rloo":
+        # REINFORCE leave-one-out: A_i = r_i - mean of the other G-1 rewards = G/(G-1) * (r_i - group mean),
+        # i.e. GRPO's centred advantage without std scaling, reward scaled by G/(G-1). TRL's RLOOTrainer has
+        # no rollout_func/env_mask hook, so this keeps multi-turn environment tokens masked.
+        g = config.num_generations
+        env_weight, scale_rewards = g / (g - 1), "none"
     args = GRPOConfig(
         output_dir=config.output_dir,
         max_steps=config.max_steps,
@@ -66,7 +73,8 @@ def train_grpo(config: TrainConfig, model, tokenizer):
         beta=config.beta,
         logging_steps=config.logging_steps,
         seed=config.seed,
-        reward_weights=[1.0] + [0.0] * len(components),
+        reward_weights=[env_weight] + [0.0] * len(components),
+        scale_rewards=scale_rewards,
         use_cpu=not _cuda(),
         bf16=False,
         report_to="none",

@@ -26,7 +26,7 @@ def train(config: TrainConfig):
         model, tokenizer = load_model_and_tokenizer(config.model)
     except OSError as exc:  # transformers' "not a folder or hub id" family
         raise ConfigError(f"model: cannot load {config.model!r}: {str(exc).splitlines()[0]}") from None
-    if config.method == "grpo":
+    if config.method in ("grpo", "rloo"):
         from .grpo import train_grpo
 
         trainer = train_grpo(config, model, tokenizer)
