@@ -171,3 +171,28 @@ def _yaml(tmp_path, **fields):
     fields.setdefault("save_model", False)
     path.write_text(yaml.safe_dump(fields))
     return path
+
+
+@pytest.mark.slow
+def test_reward_model_learns_env_preferences(tmp_path):
+    from aligngym.trainers.offline import pair_accuracy
+    from aligngym.trainers.run import train
+
+    _, train_path = _rollouts(tmp_path, 24, seed=0, name="train")
+    held_rows, _ = _rollouts(tmp_path, 12, seed=2000, name="held")
+    held = build_pairs(held_rows)
+    config = load_config(
+        _yaml(
+            tmp_path,
+            method="reward",
+            data=str(train_path),
+            max_steps=40,
+            batch_size=8,
+            learning_rate=0.001,
+            save_model=True,
+        )
+    )
+    trainer = train(config)
+    accuracy = pair_accuracy(trainer.model.eval(), trainer.processing_class, held)
+    assert accuracy >= 0.8, accuracy
+    assert (tmp_path / "run" / "model" / "config.json").exists()

@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
-METHODS = ("grpo", "rloo", "dpo", "sft")
+METHODS = ("grpo", "rloo", "dpo", "sft", "reward")
 #: Methods that learn from a trajectory file instead of playing the environment.
-OFFLINE_METHODS = ("dpo", "sft")
+OFFLINE_METHODS = ("dpo", "sft", "reward")
 
 
 class ConfigError(ValueError):

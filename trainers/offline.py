@@ -112,3 +112,62 @@ def implicit_margin(policy, reference, tokenizer, pair: dict[str, Any], beta: fl
         )
 
     return beta * (ratio(pair["chosen"]) - ratio(pair["rejected"]))
+
+
+def load_reward_model(name_or_path: str):
+    """A sequence-classification model with one output (a scalar reward) and its tokenizer.
+
+    ``tiny`` starts from the tiny policy's weights with a fresh scoring head, so no download is needed.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from aligngym.agents.tiny import TINY_NAME, tiny_model_path
+
+    path = str(tiny_model_path()) if name_or_path == TINY_NAME else name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    except OSError as exc:
+        raise ConfigError(f"model: cannot load {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Sequence classifiers find the last real token through pad_token_id; without it batches fail.
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def train_reward(config: TrainConfig):
+    """TRL ``RewardTrainer`` on pairs from ``config.data``: the env's preferences become a reward model."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    pairs = build_pairs(_rows(config), _pair_config(config))
+    if not pairs:
+        raise ConfigError(f"data: no preference pairs in {config.data} (see min_margin)")
+    model, tokenizer = load_reward_model(config.model)
+    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+    trainer = RewardTrainer(
+        model=model,
+        args=RewardConfig(**_common_args(config)),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[MetricsCallback(config.output_dir)],
+    )
+    trainer.train()
+    return trainer
+
+
+def pair_accuracy(model, tokenizer, pairs: list[dict[str, Any]]) -> float:
+    """Fraction of pairs whose chosen conversation the reward model scores above the rejected one."""
+    import torch
+
+    def score(messages: list[dict]) -> float:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(
+            next(model.parameters()).device
+        )
+        with torch.no_grad():
+            return float(model(**ids).logits[0, 0])
+
+    wins = [score(p["prompt"] + p["chosen"]) > score(p["prompt"] + p["rejected"]) for p in pairs]
+    return sum(wins) / len(wins) if wins else 0.0

@@ -9,6 +9,28 @@ from .config import ConfigError, TrainConfig
 from .logging import plot_metric, plot_reward_curve
 
 
+def _grpo(config, model, tokenizer):
+    from .grpo import train_grpo
+
+    return train_grpo(config, model, tokenizer)
+
+
+def _dpo(config, model, tokenizer):
+    from .offline import train_dpo
+
+    return train_dpo(config, model, tokenizer)
+
+
+def _sft(config, model, tokenizer):
+    from .offline import train_sft
+
+    return train_sft(config, model, tokenizer)
+
+
+#: Policy-training methods (``reward`` trains a classifier instead and is handled apart).
+_METHODS = {"grpo": _grpo, "rloo": _grpo, "dpo": _dpo, "sft": _sft}
+
+
 def train(config: TrainConfig):
     """Run the training that ``config`` describes; returns the TRL trainer."""
     import numpy as np
@@ -22,26 +44,22 @@ def train(config: TrainConfig):
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    try:
-        model, tokenizer = load_model_and_tokenizer(config.model)
-    except OSError as exc:  # transformers' "not a folder or hub id" family
-        raise ConfigError(f"model: cannot load {config.model!r}: {str(exc).splitlines()[0]}") from None
-    if config.method in ("grpo", "rloo"):
-        from .grpo import train_grpo
+    if config.method == "reward":
+        from .offline import train_reward
 
-        trainer = train_grpo(config, model, tokenizer)
-    elif config.method == "dpo":
-        from .offline import train_dpo
-
-        trainer = train_dpo(config, model, tokenizer)
+        trainer = train_reward(config)
+        tokenizer = trainer.processing_class
     else:
-        from .offline import train_sft
-
-        trainer = train_sft(config, model, tokenizer)
+        try:
+            model, tokenizer = load_model_and_tokenizer(config.model)
+        except OSError as exc:  # transformers' "not a folder or hub id" family
+            raise ConfigError(f"model: cannot load {config.model!r}: {str(exc).splitlines()[0]}") from None
+        trainer = _METHODS[config.method](config, model, tokenizer)
     out = Path(config.output_dir)
     plot_reward_curve(out, title=f"{config.method} on {config.env} ({config.model})")
     plot_metric(out, "loss", "loss_curve.png", title=f"{config.method} loss")
     plot_metric(out, "rewards/margins", "margin_curve.png", title="DPO implicit reward margin")
+    plot_metric(out, "accuracy", "accuracy_curve.png", title="reward model pair accuracy")
     if config.save_model:
         trainer.save_model(str(out / "model"))
         tokenizer.save_pretrained(str(out / "model"))
