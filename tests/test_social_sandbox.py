@@ -65,7 +65,11 @@ def test_unanimous_ratings_give_extreme_rewards(graph, score, reward):
     assert rewards == dict.fromkeys(env.possible_agents, reward)
     assert all(terminated.values()) and not any(truncated.values())
     for info in infos.values():
-        assert info["reward_components"] == {"rating_draft": reward, "rating_revised": reward, "improvement": 0.0}
+        assert info["reward_components"] == {
+            "rating_draft": reward,
+            "rating_revised": reward,
+            "improvement": 0.0,
+        }
         assert info["unrated"] is False
         assert info["episode"]["mean_rating_revised"] == score
 
@@ -135,14 +139,20 @@ def test_garbage_ratings_leave_answers_unrated_with_flag():
 
 @pytest.mark.parametrize("graph", ["grid", "small_world", "scale_free", "user"])
 def test_peers_are_graph_neighbours_and_raters_rated_them(graph):
-    env = SocialSandboxEnv(graph=user_graph() if graph == "user" else graph, num_agents=10, k=2, global_peers=1)
+    env = SocialSandboxEnv(
+        graph=user_graph() if graph == "user" else graph, num_agents=10, k=2, global_peers=1
+    )
     _, _, _, _, infos = play(env, rater(lambda t, m: 4), seed=3)
     assert set(env.graph.nodes) == set(env.possible_agents)
     if graph == "grid":
         assert nx.is_isomorphic(env.graph, nx.grid_2d_graph(*grid_shape(10)))
     if graph == "user":
         assert nx.is_isomorphic(env.graph, user_graph())
-        assert sorted(env.graph.neighbors("agent_2")) == ["agent_1", "agent_3", "agent_4"]  # cy: bob, dee, eve
+        assert sorted(env.graph.neighbors("agent_2")) == [
+            "agent_1",
+            "agent_3",
+            "agent_4",
+        ]  # cy: bob, dee, eve
     for agent, info in infos.items():
         neighbours = set(env.graph.neighbors(agent))
         assert set(info["peers"]) <= neighbours and len(info["peers"]) == min(2, len(neighbours))

@@ -95,3 +95,26 @@ def test_short_rloo_run_improves_reward(tmp_path):
     assert float(trainer.reward_weights[0]) == pytest.approx(8 / 7)
     first, last = quarter_means(read_metrics(tmp_path))
     assert last > first + 0.15, (first, last)
+
+
+@pytest.mark.slow
+def test_iterate_round_two_beats_round_one(tmp_path):
+    from aligngym.trainers.run import train
+
+    config = load_config(
+        QUICKSTART,
+        output_dir=str(tmp_path),
+        method="iterate",
+        inner_method="grpo",
+        rounds=1,
+        max_steps=80,
+        episodes_per_round=32,
+        samples_per_prompt=1,
+        logging_steps=10,
+        save_model=False,
+    )
+    train(config)
+    rounds = read_metrics(tmp_path)
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert rounds[1]["reward"] >= rounds[0]["reward"] + 0.1, rounds
+    assert (tmp_path / "round0" / "trajectories.jsonl").exists() and (tmp_path / "reward_curve.png").exists()

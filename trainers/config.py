@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-METHODS = ("grpo", "rloo", "dpo", "sft", "reward")
+METHODS = ("grpo", "rloo", "dpo", "sft", "reward", "iterate")
 #: Methods that learn from a trajectory file instead of playing the environment.
 OFFLINE_METHODS = ("dpo", "sft", "reward")
 
@@ -55,6 +55,14 @@ class TrainConfig:
     top_k: int | None = field(
         default=None, metadata={"help": "sft: keep the k best trajectories per prompt."}
     )
+    rounds: int = field(default=2, metadata={"help": "iterate: rounds of rollout -> train."})
+    inner_method: str = field(
+        default="sft", metadata={"help": "iterate: training each round (sft, dpo, grpo, rloo)."}
+    )
+    episodes_per_round: int = field(default=64, metadata={"help": "iterate: episodes rolled out per round."})
+    samples_per_prompt: int = field(
+        default=4, metadata={"help": "iterate: rollouts per episode seed (dpo/sft need several to compare)."}
+    )
     trl: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "Extra TRL trainer arguments passed through verbatim."}
     )
@@ -66,6 +74,14 @@ class TrainConfig:
         for name in ("num_prompts", "max_steps", "batch_size", "num_generations", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.method == "iterate":
+            if self.inner_method not in ("sft", "dpo", "grpo", "rloo"):
+                raise ConfigError(f"inner_method: {self.inner_method!r}; use one of sft, dpo, grpo, rloo")
+            if self.inner_method == "sft" and self.reward_threshold is None and self.top_k is None:
+                raise ConfigError("iterate with sft needs reward_threshold and/or top_k")
+            if self.rounds < 1 or self.episodes_per_round < 1 or self.samples_per_prompt < 1:
+                raise ConfigError("rounds, episodes_per_round and samples_per_prompt must be >= 1")
+            return
         if self.method in OFFLINE_METHODS:
             if not self.data:
                 raise ConfigError(

@@ -54,7 +54,12 @@ def train(config: TrainConfig):
             model, tokenizer = load_model_and_tokenizer(config.model)
         except OSError as exc:  # transformers' "not a folder or hub id" family
             raise ConfigError(f"model: cannot load {config.model!r}: {str(exc).splitlines()[0]}") from None
-        trainer = _METHODS[config.method](config, model, tokenizer)
+        if config.method == "iterate":
+            from .iterate import train_iterate
+
+            trainer = train_iterate(config, model, tokenizer, _METHODS)
+        else:
+            trainer = _METHODS[config.method](config, model, tokenizer)
     out = Path(config.output_dir)
     plot_reward_curve(out, title=f"{config.method} on {config.env} ({config.model})")
     plot_metric(out, "loss", "loss_curve.png", title=f"{config.method} loss")
