@@ -62,26 +62,27 @@ def train_grpo(config: TrainConfig, model, tokenizer):
         # no rollout_func/env_mask hook, so this keeps multi-turn environment tokens masked.
         g = config.num_generations
         env_weight, scale_rewards = g / (g - 1), "none"
-    args = GRPOConfig(
-        output_dir=config.output_dir,
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.batch_size,
-        num_generations=config.num_generations,
-        max_completion_length=config.max_new_tokens,
-        temperature=config.temperature,
-        beta=config.beta,
-        logging_steps=config.logging_steps,
-        seed=config.seed,
-        reward_weights=[env_weight] + [0.0] * len(components),
-        scale_rewards=scale_rewards,
-        use_cpu=not _cuda(),
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=False,
-        **config.trl,
-    )
+    defaults = {
+        "output_dir": config.output_dir,
+        "max_steps": config.max_steps,
+        "learning_rate": config.learning_rate,
+        "per_device_train_batch_size": config.batch_size,
+        "num_generations": config.num_generations,
+        "max_completion_length": config.max_new_tokens,
+        "temperature": config.temperature,
+        "beta": config.beta,
+        "logging_steps": config.logging_steps,
+        "seed": config.seed,
+        "reward_weights": [env_weight] + [0.0] * len(components),
+        "scale_rewards": scale_rewards,
+        "use_cpu": not _cuda(),
+        "bf16": False,
+        "report_to": "none",
+        "save_strategy": "no",
+        "disable_tqdm": False,
+    }
+    # Keys under `trl:` in the config override ours.
+    args = GRPOConfig(**{**defaults, **config.trl})
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
