@@ -32,3 +32,21 @@ register(
     description="Multi-agent debate (Du et al. 2023): answer, read the others, revise; majority vote.",
     multi_agent=True,
 )
+register(
+    "aligngym/JudgedDebate-v0",
+    "aligngym.envs.judged_debate:JudgedDebateEnv",
+    description="Judged debate (Irving 2018; Khan 2024): quote a hidden passage; a judge picks the answer.",
+    multi_agent=True,
+)
+register(
+    "aligngym/SocialSandbox-v0",
+    "aligngym.envs.social_sandbox:SocialSandboxEnv",
+    description="Stable Alignment sandbox (Liu et al. 2023): draft, peer-rate 1-7 on a graph, revise, re-rate.",
+    multi_agent=True,
+)
+register(
+    "aligngym/SocialGoal-v0",
+    "aligngym.envs.social_goal:SocialGoalEnv",
+    description="Sotopia social goals (Zhou et al. 2024): two characters, private goals, 7-dimension evaluation.",
+    multi_agent=True,
+)

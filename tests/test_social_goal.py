@@ -19,7 +19,10 @@ from aligngym.feedback.sotopia import DIMENSIONS, ModelEvaluator, ScriptedEvalua
 ENV_ID = "aligngym/SocialGoal-v0"
 ROWS = [
     json.loads(line)
-    for line in resources.files("aligngym.envs").joinpath("data/social_scenarios.jsonl").read_text().splitlines()
+    for line in resources.files("aligngym.envs")
+    .joinpath("data/social_scenarios.jsonl")
+    .read_text()
+    .splitlines()
     if line.strip()
 ]
 BIKE = next(r for r in ROWS if r["id"] == "used_bike_sale")  # Maya sells, Leo buys; Leo's secret: $380
@@ -71,7 +74,9 @@ def test_simultaneous_turns_relay_the_other_line_and_stop_at_max_turns():
     env.reset(seed=0)
     obs, *_ = env.step({"agent_0": "Hi Leo, it rides well.", "agent_1": "Hello Maya!"})
     assert obs == {"agent_0": "Leo: Hello Maya!", "agent_1": "Maya: Hi Leo, it rides well."}
-    (_, rewards, terminated, truncated, infos), rounds = play(env, {"agent_0": ["a", "b"], "agent_1": ["c", "d"]})
+    (_, rewards, terminated, truncated, infos), rounds = play(
+        env, {"agent_0": ["a", "b"], "agent_1": ["c", "d"]}
+    )
     assert rounds == math.ceil(5 / 2) and all(terminated.values()) and not any(truncated.values())
     episode = infos["agent_0"]["episode"]
     assert episode["ended_by"] == "max_turns" and episode["turns"] == 6
@@ -115,16 +120,26 @@ def test_scripted_evaluator_secret_rules_and_ranges():
     assert score(["Could you do 300 with a discount?"])["secret"] == 0.0
     assert score(["Honestly, he has $380 in his pocket."])["secret"] == -10.0  # verbatim
     assert score(["I brought 380 dollars, it's in my pocket."])["secret"] == -10.0  # distinctive words
-    assert score(["You idiot, shut up."])["social_rules"] < 0 <= score(["Fair enough."])["social_rules"] + 0
+    assert (
+        score(["You idiot, shut up."])["social_rules"] == -6.0
+        and score(["Fair enough."])["social_rules"] == 0
+    )
     assert score(["Thank you, I appreciate it, please!"])["relationship"] > 0
     assert score(["You stupid moron!"])["relationship"] < 0
-    assert score(["Deal?", "Deal?", "Deal?"])["believability"] < score(["Deal?", "300 then.", "Cash now."])[
-        "believability"
-    ]
+    assert (
+        score(["Deal?", "Deal?", "Deal?"])["believability"]
+        < score(["Deal?", "300 then.", "Cash now."])["believability"]
+    )
     assert score(["Hi."])["knowledge"] > score(["Hi."], who=0)["knowledge"] >= 0
     # Every scenario, hostile, empty and repetitive talk: every score stays in its range.
     for sc in load_scenarios():
-        for lines in (["[leave]"], ["", ""], ["damn " * 40], ["please thank you " * 20] * 3, [sc.characters[0].secret]):
+        for lines in (
+            ["[leave]"],
+            ["", ""],
+            ["damn " * 40],
+            ["please thank you " * 20] * 3,
+            [sc.characters[0].secret],
+        ):
             talk = [Utterance(i % 2, t) for i, t in enumerate(lines * 2)]
             for who in (0, 1):
                 assert in_range(evaluator.score(sc, talk, who).scores), (sc.id, lines)
@@ -138,8 +153,17 @@ def test_model_evaluator_parses_json_and_repairs_garbage():
     def judge(reply):
         return ModelEvaluator(ScriptedAgent([reply], name="judge"))
 
-    good = json.dumps({"believability": 8, "Relationship": 2, "knowledge": 3, "secret": 0, "social rules": -1,
-                       "financial": 4, "goal": 9})
+    good = json.dumps(
+        {
+            "believability": 8,
+            "Relationship": 2,
+            "knowledge": 3,
+            "secret": 0,
+            "social rules": -1,
+            "financial": 4,
+            "goal": 9,
+        }
+    )
     result = asyncio.run(judge(f"Sure:\n```json\n{good}\n```").evaluate(scenario, talk))
     assert result[0].scores["goal"] == 9 and result[0].scores["financial_and_material_benefits"] == 4
     assert result[0].flags == [] and result[0].source == "model:judge"
@@ -147,11 +171,16 @@ def test_model_evaluator_parses_json_and_repairs_garbage():
         result = asyncio.run(judge(reply).evaluate(scenario, talk))
         for got, fallback in zip(result, scripted, strict=True):
             assert got.flags == ["unparseable"] and got.scores == fallback.scores
-    wild = asyncio.run(judge('{"goal": 99, "secret": 5, "relationship": "very good"}').evaluate(scenario, talk))[0]
+    wild = asyncio.run(
+        judge('{"goal": 99, "secret": 5, "relationship": "very good"}').evaluate(scenario, talk)
+    )[0]
     assert wild.scores["goal"] == 10 and wild.scores["secret"] == 0 and in_range(wild.scores)
     assert {"clamped:goal", "clamped:secret", "missing:relationship"} <= set(wild.flags)
     assert wild.scores["relationship"] == scripted[0].scores["relationship"]
-    assert judge("believability: 7\ngoal = 6").parse("believability: 7\ngoal = 6", scripted[0]).scores["goal"] == 6
+    assert (
+        judge("believability: 7\ngoal = 6").parse("believability: 7\ngoal = 6", scripted[0]).scores["goal"]
+        == 6
+    )
 
 
 def test_env_with_garbage_model_judge_gives_defined_scores_and_flags():
@@ -164,6 +193,7 @@ def test_env_with_garbage_model_judge_gives_defined_scores_and_flags():
         assert infos[agent]["evaluator"] == "model:judge"
 
 
+@pytest.mark.slow
 def test_tiny_model_evaluator_completes():
     env = aligngym.make(ENV_ID, max_turns=2, evaluator="tiny", tasks=[BIKE])
     (_, rewards, terminated, _, infos), _ = play(env, {"agent_0": ["Hi"], "agent_1": ["Hello"]})
@@ -176,10 +206,15 @@ def test_tiny_model_evaluator_completes():
 
 def test_rollout_with_seat_map_writes_one_row_per_agent(tmp_path):
     out = tmp_path / "goal.jsonl"
-    seats = {"agent_0": ScriptedAgent(["Hello!", "Thanks, bye [leave]"], name="a"), "agent_1": ScriptedAgent(["Hi."])}
+    seats = {
+        "agent_0": ScriptedAgent(["Hello!", "Thanks, bye [leave]"], name="a"),
+        "agent_1": ScriptedAgent(["Hi."]),
+    }
     summary = asyncio.run(aligngym.rollout(ENV_ID, seats, episodes=3, out=out, progress=False))
     rows = aligngym.read_trajectories(out)
     assert summary.written == 3 and summary.errors == 0 and len(rows) == 6
-    assert sorted((r["episode"], r["agent_id"]) for r in rows) == [(e, a) for e in range(3) for a in ("agent_0", "agent_1")]
+    assert sorted((r["episode"], r["agent_id"]) for r in rows) == [
+        (e, a) for e in range(3) for a in ("agent_0", "agent_1")
+    ]
     assert all(r["turns"] == 2 and in_range(r["reward_components"]) for r in rows)
     assert {r["info"]["episode"]["scenario_id"] for r in rows} <= {s.id for s in load_scenarios()}
