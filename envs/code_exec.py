@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterable, Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from aligngym.feedback.unit_tests import CodeTask, UnitTestVerifier, VerifyResult
 
 from .base import StepResult, TextEnv, rng_choice_index
+from .datasets import load_rows
 
 _PY_LANGS = {"", "python", "python3", "py"}
 _INSTRUCTION = "Answer with the complete solution in a single ```python code block."
@@ -44,13 +43,7 @@ def extract_code(text: str) -> str:
 
 def load_tasks(source: str | Path | Iterable[Mapping[str, Any] | CodeTask] | None = None) -> list[CodeTask]:
     """Tasks from a JSONL path, a list of rows, or (``None``) the shipped ``envs/data/code_tasks.jsonl``."""
-    if source is None:
-        text = resources.files("aligngym.envs").joinpath("data/code_tasks.jsonl").read_text("utf-8")
-        rows: list[Any] = _parse_jsonl(text, "code_tasks.jsonl")
-    elif isinstance(source, str | Path):
-        rows = _parse_jsonl(Path(source).read_text("utf-8"), str(source))
-    else:
-        rows = list(source)
+    rows = load_rows(source, "code_tasks.jsonl")
     tasks = [row if isinstance(row, CodeTask) else CodeTask.from_row(row, i) for i, row in enumerate(rows)]
     seen: set[str] = set()
     for task in tasks:
@@ -60,18 +53,6 @@ def load_tasks(source: str | Path | Iterable[Mapping[str, Any] | CodeTask] | Non
     if not tasks:
         raise ValueError("no code tasks given")
     return tasks
-
-
-def _parse_jsonl(text: str, name: str) -> list[Any]:
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError as exc:
-            raise ValueError(f"{name}: line {lineno} is not valid JSON: {exc}") from None
-    return rows
 
 
 class CodeExecEnv(TextEnv):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .answers import is_number, majority, normalize, parse_choice, parse_number, parse_short
+from .datasets import load_rows
 from .multi_agent import MultiAgentTextEnv, RoundResult
 
 
@@ -88,13 +87,7 @@ def arithmetic_question(rng) -> Question:
 
 def load_questions(tasks: str | Path | list[dict[str, Any]]) -> list[Question]:
     """User rows, a JSONL path, or ``"questions"`` for the shipped set."""
-    if tasks == "questions":
-        text = resources.files("aligngym.envs").joinpath("data/debate_questions.jsonl").read_text("utf-8")
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    elif isinstance(tasks, str | Path):
-        rows = [json.loads(line) for line in Path(tasks).read_text("utf-8").splitlines() if line.strip()]
-    else:
-        rows = list(tasks)
+    rows = load_rows(tasks, "debate_questions.jsonl", names=("questions",))
     if not rows:
         raise ValueError("no debate tasks given")
     return [Question.from_row(row, i) for i, row in enumerate(rows)]

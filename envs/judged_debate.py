@@ -7,10 +7,8 @@ where debaters quote a passage the judge never sees and quotes are verified agai
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from aligngym.agents.base import Agent, AgentResponse, Message
 from aligngym.agents.factory import resolve_agent
 
 from .answers import normalize
+from .datasets import load_rows
 from .multi_agent import MultiAgentTextEnv, RoundResult, run_sync
 
 DEBATERS = ("debater_0", "debater_1")
@@ -80,13 +79,7 @@ class Passage:
 
 def load_passages(tasks: str | Path | list[dict[str, Any]] | None = None) -> list[Passage]:
     """User rows, a JSONL path, or ``None`` for the shipped set."""
-    if tasks is None:
-        text = resources.files("aligngym.envs").joinpath("data/judged_debate.jsonl").read_text("utf-8")
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    elif isinstance(tasks, str | Path):
-        rows = [json.loads(line) for line in Path(tasks).read_text("utf-8").splitlines() if line.strip()]
-    else:
-        rows = list(tasks)
+    rows = load_rows(tasks, "judged_debate.jsonl", names=())
     if not rows:
         raise ValueError("no judged debate tasks given")
     return [Passage.from_row(row, i) for i, row in enumerate(rows)]

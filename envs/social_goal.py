@@ -19,9 +19,7 @@ At the end the evaluator scores each character on Sotopia's seven dimensions (se
 
 from __future__ import annotations
 
-import json
 import math
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from aligngym.feedback.sotopia import (
     Utterance,
 )
 
+from .datasets import load_rows
 from .multi_agent import MultiAgentTextEnv, RoundResult, run_sync
 
 AGENTS = ("agent_0", "agent_1")
@@ -42,13 +41,7 @@ AGENTS = ("agent_0", "agent_1")
 
 def load_scenarios(tasks: str | Path | list[dict[str, Any]] = "scenarios") -> list[Scenario]:
     """User rows, a JSONL path, or ``"scenarios"`` for the shipped ``data/social_scenarios.jsonl``."""
-    if tasks == "scenarios":
-        text = resources.files("aligngym.envs").joinpath("data/social_scenarios.jsonl").read_text("utf-8")
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    elif isinstance(tasks, str | Path):
-        rows = [json.loads(line) for line in Path(tasks).read_text("utf-8").splitlines() if line.strip()]
-    else:
-        rows = list(tasks)
+    rows = load_rows(tasks, "social_scenarios.jsonl", names=("scenarios",))
     if not rows:
         raise ValueError("no social scenarios given")
     return [Scenario.from_row(row, i) for i, row in enumerate(rows)]

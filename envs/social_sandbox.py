@@ -26,10 +26,8 @@ Training records in each agent's final info (ratings are raw 1..7 means over all
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ import networkx as nx
 
 from aligngym.feedback.peer_rating import PeerRating, Rating
 
+from .datasets import load_rows
 from .multi_agent import MultiAgentTextEnv, RoundResult
 
 GRAPH_KINDS = ("grid", "small_world", "scale_free")
@@ -69,13 +68,7 @@ class SocialQuestion:
 
 def load_social_questions(tasks: str | Path | list[dict[str, Any]] = "questions") -> list[SocialQuestion]:
     """User rows, a JSONL path, or ``"questions"`` for the shipped ``data/social_questions.jsonl``."""
-    if tasks == "questions":
-        text = resources.files("aligngym.envs").joinpath("data/social_questions.jsonl").read_text("utf-8")
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    elif isinstance(tasks, str | Path):
-        rows = [json.loads(line) for line in Path(tasks).read_text("utf-8").splitlines() if line.strip()]
-    else:
-        rows = list(tasks)
+    rows = load_rows(tasks, "social_questions.jsonl", names=("questions",))
     if not rows:
         raise ValueError("no social questions given")
     return [SocialQuestion.from_row(row, i) for i, row in enumerate(rows)]

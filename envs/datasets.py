@@ -1,0 +1,34 @@
+"""Task rows for environments: a user list, a user JSONL file, or a file shipped in ``envs/data``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+
+def load_rows(source: Any, shipped: str, names: tuple[str, ...] = ()) -> list[Any]:
+    """Rows from a list, a JSONL path, or the shipped ``envs/data/<shipped>`` (``source`` None or in ``names``)."""
+    if source is None or (isinstance(source, str) and source in names):
+        label = shipped
+        text = resources.files("aligngym.envs").joinpath(f"data/{shipped}").read_text("utf-8")
+    elif isinstance(source, str | Path):
+        path = Path(source)
+        if not path.is_file():
+            choices = f", or one of {', '.join(map(repr, names))}" if names else ""
+            raise ValueError(f"task file {str(path)!r} not found; pass a JSONL path, a list of rows{choices}")
+        label, text = str(path), path.read_text("utf-8")
+    elif isinstance(source, Iterable):
+        return list(source)
+    else:
+        raise TypeError(f"tasks must be a list of rows or a JSONL path, got {type(source).__name__}")
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as exc:
+                raise ValueError(f"{label}: line {lineno} is not valid JSON: {exc}") from None
+    return rows
