@@ -92,7 +92,10 @@ def test_env_rollout_masks_environment_tokens(tiny):
     _, info = env.reset(seed=4)
     prompt = info["messages"]
     rollout = EnvRollout(
-        "aligngym/Arithmetic-v0", env_kwargs, {prompt_key(prompt): 4}, SamplingConfig(max_new_tokens=3)
+        "aligngym/Arithmetic-v0",
+        env_kwargs,
+        {prompt_key(prompt): (4, None)},
+        SamplingConfig(max_new_tokens=3),
     )
     episodes = rollout.play(model, tok, [prompt, prompt])
     for ep in episodes:
@@ -104,3 +107,45 @@ def test_env_rollout_masks_environment_tokens(tiny):
         assert (0 in ep.env_mask) == (turns > 1)
     with pytest.raises(KeyError, match="dataset"):
         rollout.play(model, tok, [[{"role": "user", "content": "not from the env"}]])
+
+
+def test_self_play_rollout_shares_episodes_between_seats(tiny):
+    import aligngym
+
+    model, tok = tiny
+    env = aligngym.make("aligngym/JudgedDebate-v0", rounds=2)
+    _, infos = env.reset(seed=1)
+    p0, p1 = infos["debater_0"]["messages"], infos["debater_1"]["messages"]
+    assert p0 != p1
+    tasks = {prompt_key(p0): (1, "debater_0"), prompt_key(p1): (1, "debater_1")}
+    rollout = EnvRollout("aligngym/JudgedDebate-v0", {"rounds": 2}, tasks, SamplingConfig(max_new_tokens=4))
+    slots = rollout.play(model, tok, [p0, p1, p0])
+    assert [s.seat for s in slots] == ["debater_0", "debater_1", "debater_0"]
+    assert slots[0].job is slots[1].job and slots[2].job is not slots[0].job  # one episode serves both seats
+    for slot in slots:
+        assert slot.done and len(slot.completion_ids) == len(slot.env_mask) == len(slot.logprobs)
+        assert slot.env_mask.count(0) > 0  # the opponent's argument came back as environment tokens
+    assert slots[0].reward + slots[1].reward == 0.0  # zero-sum, per seat
+
+
+@pytest.mark.slow
+def test_grpo_self_play_on_a_multi_agent_env(tmp_path):
+    from aligngym.trainers.config import TrainConfig
+    from aligngym.trainers.logging import read_metrics
+    from aligngym.trainers.run import train
+
+    config = TrainConfig(
+        env="aligngym/JudgedDebate-v0",
+        env_kwargs={"rounds": 1},
+        num_prompts=4,
+        max_steps=2,
+        batch_size=8,
+        num_generations=4,
+        max_new_tokens=8,
+        output_dir=str(tmp_path),
+        save_model=False,
+    )
+    train(config)
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert "rewards/won/mean" in rows[0] and "rewards/quotes_verified/mean" in rows[0]

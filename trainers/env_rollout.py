@@ -44,10 +44,11 @@ def env_suffix_ids(
 
 
 @dataclass
-class Episode:
-    """One episode in flight inside a training batch."""
+class Slot:
+    """One policy seat in one episode in flight: the tokens it generated and what the env wrote to it."""
 
-    env: Any
+    job: Job
+    seat: str | None
     messages: list[dict]
     prompt_ids: list[int]
     completion_ids: list[int] = field(default_factory=list)
@@ -58,74 +59,126 @@ class Episode:
     done: bool = False
 
 
+@dataclass
+class Job:
+    """One environment episode; single-agent envs have one slot, multi-agent envs one per seat."""
+
+    env: Any
+    slots: dict[str | None, Slot] = field(default_factory=dict)
+
+
 class EnvRollout:
-    """A TRL ``rollout_func``: plays each prompt's episode in the environment with the trainer's model."""
+    """A TRL ``rollout_func``: plays each prompt's episode in the environment with the trainer's model.
+
+    Multi-agent environments are self-play: every seat is played by the policy. A prompt stands for one
+    (seed, seat); prompts of the same seed but different seats share an episode, so each episode trains every
+    seat that the batch asks for.
+    """
 
     def __init__(
         self,
         env_id: str,
         env_kwargs: dict[str, Any],
-        seeds_by_prompt: dict[str, int],
+        tasks_by_prompt: dict[str, tuple[int, str | None]],
         sampling: SamplingConfig,
     ):
         self.env_id = env_id
         self.env_kwargs = env_kwargs
-        self.seeds_by_prompt = seeds_by_prompt
+        self.tasks_by_prompt = tasks_by_prompt
         self.sampling = sampling
         self._pool: list[Any] = []
         self.component_names: list[str] = []
 
-    def _envs(self, n: int) -> list[Any]:
-        while len(self._pool) < n:
-            self._pool.append(make(self.env_id, **self.env_kwargs).unwrapped)
-        return self._pool[:n]
-
-    def play(self, model, tokenizer, prompts: list[list[dict]]) -> list[Episode]:
-        """Play one episode per prompt, batching the policy's turns across episodes."""
-        episodes = []
-        for env, prompt in zip(self._envs(len(prompts)), prompts, strict=True):
-            seed = self.seeds_by_prompt.get(prompt_key(prompt))
-            if seed is None:
+    def _jobs(self, prompts: list[list[dict]]) -> tuple[list[tuple[Job, str | None]], dict[int, int]]:
+        """Assign each prompt to an episode: (job, seat) per prompt in prompt order, and each job's seed."""
+        jobs: list[tuple[int, Job]] = []
+        placed = []
+        for prompt in prompts:
+            task = self.tasks_by_prompt.get(prompt_key(prompt))
+            if task is None:
                 raise KeyError("a training prompt does not come from this environment's dataset")
-            _, info = env.reset(seed=seed)
-            messages = info["messages"]
-            episodes.append(Episode(env, messages, chat_prompt_ids(tokenizer, messages)))
-        while active := [ep for ep in episodes if not ep.done]:
-            contexts = [ep.prompt_ids + ep.completion_ids for ep in active]
-            for ep, resp in zip(
-                active, generate_batch(model, tokenizer, contexts, self.sampling), strict=True
-            ):
-                ep.completion_ids += resp.token_ids
-                ep.env_mask += [1] * len(resp.token_ids)
-                ep.logprobs += resp.logprobs
-                history = list(ep.messages)
-                _, reward, terminated, truncated, info = ep.env.step(resp.text)
-                ep.reward += reward
-                ep.components = info["reward_components"]
-                ep.messages = info["messages"]
-                ep.done = terminated or truncated
-                if not ep.done:
-                    suffix = env_suffix_ids(tokenizer, history, resp.token_ids, ep.messages[len(history) :])
-                    ep.completion_ids += suffix
-                    ep.env_mask += [0] * len(suffix)
-                    ep.logprobs += [0.0] * len(suffix)
-        return episodes
+            seed, seat = task
+            job = next((j for s, j in jobs if s == seed and seat is not None and seat not in j.slots), None)
+            if job is None:
+                if len(self._pool) <= len(jobs):
+                    self._pool.append(_unwrapped(make(self.env_id, **self.env_kwargs)))
+                job = Job(self._pool[len(jobs)])
+                jobs.append((seed, job))
+            job.slots[seat] = None  # reserved; filled at reset
+            placed.append((job, seat, seed))
+        return [(job, seat) for job, seat, _ in placed], {id(j): s for s, j in jobs}
+
+    def play(self, model, tokenizer, prompts: list[list[dict]]) -> list[Slot]:
+        """Play the episodes behind ``prompts``, batching the policy's turns across all live seats."""
+        placed, seeds = self._jobs(prompts)
+        jobs = list({id(job): job for job, _ in placed}.values())
+        for job in jobs:
+            wanted = list(job.slots)
+            _, infos = job.env.reset(seed=seeds[id(job)])
+            if wanted == [None]:
+                infos = {None: infos}
+            else:  # a self-play episode: every seat is played, the unasked ones are simply not returned
+                wanted = list(job.env.possible_agents)
+            job.slots = {
+                seat: Slot(
+                    job, seat, infos[seat]["messages"], chat_prompt_ids(tokenizer, infos[seat]["messages"])
+                )
+                for seat in wanted
+            }
+        while live := [slot for job in jobs for slot in job.slots.values() if not slot.done]:
+            contexts = [slot.prompt_ids + slot.completion_ids for slot in live]
+            responses = generate_batch(model, tokenizer, contexts, self.sampling)
+            by_job: dict[int, dict[str | None, Any]] = {}
+            for slot, resp in zip(live, responses, strict=True):
+                slot.completion_ids += resp.token_ids
+                slot.env_mask += [1] * len(resp.token_ids)
+                slot.logprobs += resp.logprobs
+                by_job.setdefault(id(slot.job), {})[slot.seat] = resp
+            for job in jobs:
+                if id(job) in by_job:
+                    self._step(job, by_job[id(job)], tokenizer)
+        return [job.slots[seat] for job, seat in placed]
+
+    def _step(self, job: Job, responses: dict[str | None, Any], tokenizer) -> None:
+        history = {seat: list(job.slots[seat].messages) for seat in responses}
+        if None in responses:
+            _, reward, terminated, truncated, info = job.env.step(responses[None].text)
+            rewards, dones, infos = {None: reward}, {None: terminated or truncated}, {None: info}
+        else:
+            _, rewards, terms, truncs, infos = job.env.step({s: r.text for s, r in responses.items()})
+            dones = {s: terms[s] or truncs[s] for s in responses}
+        for seat, resp in responses.items():
+            slot = job.slots[seat]
+            slot.reward += float(rewards[seat])
+            slot.components = infos[seat]["reward_components"]
+            slot.messages = infos[seat]["messages"]
+            slot.done = bool(dones[seat])
+            if not slot.done:
+                new = slot.messages[len(history[seat]) :]
+                suffix = env_suffix_ids(tokenizer, history[seat], resp.token_ids, new)
+                slot.completion_ids += suffix
+                slot.env_mask += [0] * len(suffix)
+                slot.logprobs += [0.0] * len(suffix)
 
     def __call__(self, prompts: list[list[dict]], trainer) -> dict[str, list]:
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
         model.eval()
         try:
-            episodes = self.play(model, trainer.processing_class, prompts)
+            slots = self.play(model, trainer.processing_class, prompts)
         finally:
             model.train(was_training)
         out: dict[str, list] = {
-            "prompt_ids": [ep.prompt_ids for ep in episodes],
-            "completion_ids": [ep.completion_ids for ep in episodes],
-            "logprobs": [ep.logprobs for ep in episodes],
-            "env_mask": [ep.env_mask for ep in episodes],
-            "env_reward": [ep.reward for ep in episodes],
+            "prompt_ids": [s.prompt_ids for s in slots],
+            "completion_ids": [s.completion_ids for s in slots],
+            "logprobs": [s.logprobs for s in slots],
+            "env_mask": [s.env_mask for s in slots],
+            "env_reward": [s.reward for s in slots],
         }
         for name in self.component_names:
-            out[f"component_{name}"] = [float(ep.components.get(name, float("nan"))) for ep in episodes]
+            out[f"component_{name}"] = [float(s.components.get(name, float("nan"))) for s in slots]
         return out
+
+
+def _unwrapped(env: Any) -> Any:
+    return getattr(env, "unwrapped", env)

@@ -11,22 +11,41 @@ from .logging import MetricsCallback
 
 
 def env_prompt_dataset(env_id: str, env_kwargs: dict[str, Any], num_prompts: int):
-    """Prompts of episodes with seeds 0..N-1, as a conversational dataset, and each prompt's seed."""
+    """First messages of episodes with seeds 0..N-1 (one per seat for multi-agent envs) as a dataset.
+
+    Returns the dataset, each prompt's (seed, seat) and the names of the env's reward components.
+    """
     from datasets import Dataset
 
     from aligngym.envs.registry import make
 
-    env = make(env_id, **env_kwargs).unwrapped
-    rows, seeds = [], {}
+    env = make(env_id, **env_kwargs)
+    env = getattr(env, "unwrapped", env)
+    multi = hasattr(env, "possible_agents")
+    rows, tasks = [], {}
     for seed in range(num_prompts):
-        _, info = env.reset(seed=seed)
-        prompt = info["messages"]
-        # Identical prompts are the same task for the learner; the first seed stands for all of them.
-        seeds.setdefault(prompt_key(prompt), seed)
-        rows.append({"prompt": prompt, "seed": seed})
-    components = sorted(env.step("")[4]["reward_components"])
+        _, infos = env.reset(seed=seed)
+        for seat in env.possible_agents if multi else [None]:
+            prompt = (infos[seat] if multi else infos)["messages"]
+            # Identical prompts are the same task for the learner; the first (seed, seat) stands for all.
+            if tasks.setdefault(prompt_key(prompt), (seed, seat)) == (seed, seat):
+                rows.append({"prompt": prompt, "seed": seed, "seat": seat or ""})
+    components = _component_names(env, multi)
     env.close()
-    return Dataset.from_list(rows), seeds, components
+    return Dataset.from_list(rows), tasks, components
+
+
+def _component_names(env, multi: bool) -> list[str]:
+    """Play one throwaway episode with empty replies to learn the names of the reward components."""
+    env.reset(seed=0)
+    if not multi:
+        return sorted(env.step("")[4]["reward_components"])
+    names: set[str] = set()
+    while env.agents:
+        infos = env.step(dict.fromkeys(env.agents, ""))[4]
+        for info in infos.values():
+            names |= set(info["reward_components"])
+    return sorted(names)
 
 
 def _reward_func(name: str, key: str):
@@ -44,11 +63,11 @@ def train_grpo(config: TrainConfig, model, tokenizer):
 
     from aligngym.agents.local import SamplingConfig
 
-    dataset, seeds, components = env_prompt_dataset(config.env, config.env_kwargs, config.num_prompts)
+    dataset, tasks, components = env_prompt_dataset(config.env, config.env_kwargs, config.num_prompts)
     rollout = EnvRollout(
         config.env,
         config.env_kwargs,
-        seeds,
+        tasks,
         SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature),
     )
     rollout.component_names = components
