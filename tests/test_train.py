@@ -118,3 +118,36 @@ def test_iterate_round_two_beats_round_one(tmp_path):
     assert [r["round"] for r in rounds] == [0, 1]
     assert rounds[1]["reward"] >= rounds[0]["reward"] + 0.1, rounds
     assert (tmp_path / "round0" / "trajectories.jsonl").exists() and (tmp_path / "reward_curve.png").exists()
+
+
+@pytest.mark.slow
+def test_lora_trains_adapters_only(tmp_path):
+    from aligngym.trainers.run import train
+
+    config = load_config(
+        QUICKSTART, output_dir=str(tmp_path), max_steps=2, logging_steps=1, lora_r=4, save_model=False
+    )
+    trainer = train(config)
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+@pytest.mark.slow
+def test_resume_continues_from_last_checkpoint(tmp_path):
+    from aligngym.trainers.run import train
+
+    common = {"output_dir": str(tmp_path), "logging_steps": 1, "save_steps": 3, "save_model": False}
+    train(load_config(QUICKSTART, max_steps=4, **common))
+    assert (tmp_path / "checkpoint-3").is_dir()
+    trainer = train(load_config(QUICKSTART, max_steps=6, resume=True, **common))
+    assert trainer.state.global_step == 6
+    steps = [r["step"] for r in read_metrics(tmp_path)]
+    assert steps == [1, 2, 3, 4, 5, 6], steps  # step 4 of the first run was replaced by the resumed one
+
+
+def test_vllm_and_resume_options_are_validated(tmp_path):
+    for data, message in [({"vllm_mode": "remote"}, "vllm_mode"), ({"resume": True}, "save_steps")]:
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)

@@ -63,6 +63,15 @@ class TrainConfig:
     samples_per_prompt: int = field(
         default=4, metadata={"help": "iterate: rollouts per episode seed (dpo/sft need several to compare)."}
     )
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank via peft; 0 trains all weights."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "peft target modules ('all-linear' or comma-separated names)."}
+    )
+    use_vllm: bool = field(default=False, metadata={"help": "grpo/rloo: generate with vLLM (TRL syncs weights)."})
+    vllm_mode: str = field(default="colocate", metadata={"help": "grpo/rloo with use_vllm: 'server' or 'colocate'."})
+    save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0: none); needed for resume."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in output_dir."})
     trl: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "Extra TRL trainer arguments passed through verbatim."}
     )
@@ -102,6 +111,10 @@ class TrainConfig:
             raise ConfigError(
                 f"batch_size ({self.batch_size}) must be a multiple of num_generations ({self.num_generations})"
             )
+        if self.vllm_mode not in ("server", "colocate"):
+            raise ConfigError(f"vllm_mode: {self.vllm_mode!r}; use 'server' or 'colocate'")
+        if self.resume and self.save_steps <= 0:
+            raise ConfigError("resume: needs checkpoints; set save_steps > 0 as well")
         if not isinstance(self.env_kwargs, dict) or not isinstance(self.trl, dict):
             raise ConfigError("env_kwargs and trl must be mappings")
 

@@ -8,6 +8,7 @@ from typing import Any
 from .config import TrainConfig
 from .env_rollout import EnvRollout, prompt_key
 from .logging import MetricsCallback
+from .offline import checkpointing, fit, peft_config
 
 
 def env_prompt_dataset(env_id: str, env_kwargs: dict[str, Any], num_prompts: int):
@@ -97,8 +98,10 @@ def train_grpo(config: TrainConfig, model, tokenizer):
         "use_cpu": not _cuda(),
         "bf16": False,
         "report_to": "none",
-        "save_strategy": "no",
         "disable_tqdm": False,
+        "use_vllm": config.use_vllm,
+        "vllm_mode": config.vllm_mode,
+        **checkpointing(config),
     }
     # Keys under `trl:` in the config override ours.
     args = GRPOConfig(**{**defaults, **config.trl})
@@ -109,10 +112,10 @@ def train_grpo(config: TrainConfig, model, tokenizer):
         train_dataset=dataset,
         processing_class=tokenizer,
         rollout_func=rollout,
-        callbacks=[MetricsCallback(config.output_dir)],
+        peft_config=peft_config(config),
+        callbacks=[MetricsCallback(config.output_dir, append=config.resume)],
     )
-    trainer.train()
-    return trainer
+    return fit(trainer, config)
 
 
 def _cuda() -> bool:

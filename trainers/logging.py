@@ -15,10 +15,17 @@ CURVE_FILE = "reward_curve.png"
 class MetricsCallback(TrainerCallback):
     """Appends each logging step of the trainer to ``OUTPUT_DIR/metrics.jsonl`` (``step`` plus TRL's logs)."""
 
-    def __init__(self, output_dir: str | Path):
+    def __init__(self, output_dir: str | Path, append: bool = False):
         self.path = Path(output_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("")
+        if not append:
+            self.path.write_text("")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed run restarts at its checkpoint's step: later rows of the interrupted run are replaced.
+        if state.global_step and self.path.exists():
+            rows = [r for r in read_metrics(self.path.parent) if r.get("step", 0) <= state.global_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "train_runtime" in logs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .config import ConfigError, TrainConfig
@@ -31,9 +32,40 @@ def _common_args(config: TrainConfig) -> dict[str, Any]:
         "use_cpu": not torch.cuda.is_available(),
         "bf16": False,
         "report_to": "none",
-        "save_strategy": "no",
+        **checkpointing(config),
         **config.trl,
     }
+
+
+def checkpointing(config: TrainConfig) -> dict[str, Any]:
+    """TrainingArguments for periodic checkpoints (what ``resume`` continues from)."""
+    if config.save_steps > 0:
+        return {"save_strategy": "steps", "save_steps": config.save_steps, "save_total_limit": 2}
+    return {"save_strategy": "no"}
+
+
+def peft_config(config: TrainConfig):
+    """A peft ``LoraConfig`` when ``lora_r > 0``, else None (full fine-tuning)."""
+    if config.lora_r <= 0:
+        return None
+    from peft import LoraConfig
+
+    targets = config.lora_target_modules
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+        task_type="CAUSAL_LM",
+    )
+
+
+def fit(trainer, config: TrainConfig):
+    """``trainer.train()``, resuming from the last checkpoint of ``output_dir`` when asked and present."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(config.output_dir) if config.resume and os.path.isdir(config.output_dir) else None
+    trainer.train(resume_from_checkpoint=last)
+    return trainer
 
 
 def _rows(config: TrainConfig) -> list[dict[str, Any]]:
@@ -60,10 +92,10 @@ def train_dpo(config: TrainConfig, model, tokenizer):
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[MetricsCallback(config.output_dir)],
+        peft_config=peft_config(config),
+        callbacks=[MetricsCallback(config.output_dir, append=config.resume)],
     )
-    trainer.train()
-    return trainer
+    return fit(trainer, config)
 
 
 def train_sft(config: TrainConfig, model, tokenizer):
@@ -82,10 +114,10 @@ def train_sft(config: TrainConfig, model, tokenizer):
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[MetricsCallback(config.output_dir)],
+        peft_config=peft_config(config),
+        callbacks=[MetricsCallback(config.output_dir, append=config.resume)],
     )
-    trainer.train()
-    return trainer
+    return fit(trainer, config)
 
 
 def completion_logprob(model, tokenizer, prompt: list[dict], completion: list[dict]) -> float:
@@ -151,10 +183,9 @@ def train_reward(config: TrainConfig):
         args=RewardConfig(**_common_args(config)),
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[MetricsCallback(config.output_dir)],
+        callbacks=[MetricsCallback(config.output_dir, append=config.resume)],
     )
-    trainer.train()
-    return trainer
+    return fit(trainer, config)
 
 
 def pair_accuracy(model, tokenizer, pairs: list[dict[str, Any]]) -> float:
