@@ -50,3 +50,23 @@ register(
     description="Sotopia social goals (Zhou et al. 2024): two characters, private goals, 7-dimension evaluation.",
     multi_agent=True,
 )
+register(
+    "aligngym/RewardModel-v0",
+    "aligngym.envs.model_feedback:RewardModelEnv",
+    description="Instruction prompts scored by a learned reward model (optional length penalty).",
+)
+register(
+    "aligngym/Judge-v0",
+    "aligngym.envs.model_feedback:JudgeEnv",
+    description="Instruction prompts scored by an LLM judge against a constitution (scripted by default).",
+)
+register(
+    "aligngym/Verifier-v0",
+    "aligngym.envs.model_feedback:VerifierEnv",
+    description="Seeded maths problems with gold answers; binary reward from a math-equivalence verifier.",
+)
+register(
+    "aligngym/CritiqueRefine-v0",
+    "aligngym.envs.model_feedback:CritiqueRefineEnv",
+    description="Answer, read a critique, revise: reward = score(revision) - score(draft) (self-refine).",
+)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
 import string
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import gymnasium as gym
 import numpy as np
 
 Message = dict[str, Any]
+T = TypeVar("T")
 
 # Gymnasium's default Text charset is alphanumeric only, so prose fails ``contains``; we accept any
 # string and sample from printable ASCII (sampling is only used by checkers and random agents).
@@ -146,6 +149,17 @@ class TextEnv(gym.Env[str, str], abc.ABC):
 def rng_choice_index(rng: np.random.Generator, n: int) -> int:
     """A seeded index in ``range(n)``; environments pick tasks with it so same seed gives same task."""
     return int(rng.integers(0, n))
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, also when this thread already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    # A sync step() called from inside a running loop cannot block that loop's thread on itself.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 async def run_blocking(fn, *args):

@@ -8,18 +8,13 @@ this class owns seeding, the per-agent chats, round limits and the termination b
 from __future__ import annotations
 
 import abc
-import asyncio
-import concurrent.futures
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from gymnasium.utils import seeding
 from pettingzoo import ParallelEnv
 
-from .base import Message, TextSpace
-
-T = TypeVar("T")
+from .base import Message, TextSpace, run_sync
 
 
 @dataclass
@@ -33,17 +28,6 @@ class RoundResult:
     infos: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Episode-level facts (e.g. whether the majority was right), copied into every agent's info.
     episode_info: dict[str, Any] = field(default_factory=dict)
-
-
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion from sync code, also when this thread already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    # A sync step() called from inside a running loop cannot block that loop's thread on itself.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 class MultiAgentTextEnv(ParallelEnv, abc.ABC):

@@ -37,7 +37,14 @@ _BIG_POWER = re.compile(r"\*\*\s*(\(|\d{3,})|(\*\*.*){3,}")
 
 
 def _safe_math(text: str) -> str | None:
-    text = text.strip().strip("$").replace("^", "**").replace("\\cdot", "*").replace("\\left", "").replace("\\right", "")
+    text = (
+        text.strip()
+        .strip("$")
+        .replace("^", "**")
+        .replace("\\cdot", "*")
+        .replace("\\left", "")
+        .replace("\\right", "")
+    )
     text = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)", text).replace("\\", "")
     if not _MATH_CHARS.match(text) or _BIG_POWER.search(text):
         return None
@@ -61,6 +68,24 @@ def math_equal(a: str, b: str) -> bool:
         return False
 
 
+_NUMERIC = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:\s*/\s*\d+)?")
+_VARIABLE = re.compile(r"^\s*[A-Za-z]\s*=\s*")
+
+
+def answers_agree(a: str, b: str) -> bool:
+    """Whether two extracted answers say the same: equal as maths (``1/2``, ``0.5``) or as normalised text.
+
+    A leading ``x =`` is ignored. Numbers are compared only as maths, because text normalisation drops
+    signs, points and slashes (``-5`` would equal ``5`` and ``16`` would equal ``1/6``).
+    """
+    a, b = _VARIABLE.sub("", a or "").strip().rstrip("."), _VARIABLE.sub("", b or "").strip().rstrip(".")
+    if not a or not b:
+        return False
+    if _NUMERIC.fullmatch(a) or _NUMERIC.fullmatch(b):
+        return math_equal(a, b)
+    return normalize(a) == normalize(b) or math_equal(a, b)
+
+
 @dataclass
 class Verifier:
     """Correct / incorrect against ``gold`` (passed as context), in one of four matching modes."""
@@ -75,13 +100,15 @@ class Verifier:
         if self.mode == "exact":
             return answer == gold.strip()
         if self.mode == "normalized":
+            if _NUMERIC.fullmatch(gold.strip()):
+                return answers_agree(answer, gold)  # text normalisation would drop signs, points and slashes
             return normalize(answer) == normalize(gold)
         if self.mode == "numeric":
             got, want = parse_number(answer), parse_number(gold)
             if got is None or want is None:
                 return False
             return math.isclose(float(got), float(want), rel_tol=self.tolerance, abs_tol=self.tolerance)
-        return normalize(answer) == normalize(gold) or math_equal(answer, gold)
+        return answers_agree(answer, gold)
 
     async def ascore(self, messages: list[Message], response: str, **context: Any) -> FeedbackResult:
         """1.0 if correct else 0.0; ``context["gold"]`` is required."""

@@ -69,3 +69,11 @@ def test_rubric_weights_and_keeps_components():
     assert result.score == pytest.approx(2.0 + 0.1)
     assert result.components == {"verifier": 1.0, "verifier/correct": 1.0, "style": 0.5, "style/part": 0.5}
     assert "style says 0.5" in result.rationale
+
+
+@pytest.mark.parametrize(
+    ("response", "gold"), [("Answer: -5", "5"), ("Answer: 16", "1/6"), ("Answer: 1.5", "15")]
+)
+def test_signs_points_and_slashes_are_not_normalised_away(response, gold):
+    for mode in ("normalized", "math", "numeric"):
+        assert score(Verifier(mode=mode), Q, response, gold=gold).score == 0.0, mode
