@@ -195,4 +195,11 @@ def test_reward_model_learns_env_preferences(tmp_path):
     trainer = train(config)
     accuracy = pair_accuracy(trainer.model.eval(), trainer.processing_class, held)
     assert accuracy >= 0.8, accuracy
-    assert (tmp_path / "run" / "model" / "config.json").exists()
+    # Closing the loop: the learned reward model becomes the reward of RewardModel-v0.
+    model_dir = tmp_path / "run" / "model"
+    env = aligngym.make("aligngym/RewardModel-v0", reward_model=str(model_dir), prompts=["3+1="]).unwrapped
+    rewards = {}
+    for answer in ("4", "abc"):
+        env.reset(seed=0)
+        rewards[answer] = env.step(answer)[1]
+    assert rewards["4"] > rewards["abc"], rewards
