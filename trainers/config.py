@@ -66,11 +66,18 @@ class TrainConfig:
     lora_r: int = field(default=0, metadata={"help": "LoRA rank via peft; 0 trains all weights."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
     lora_target_modules: str = field(
-        default="all-linear", metadata={"help": "peft target modules ('all-linear' or comma-separated names)."}
+        default="all-linear",
+        metadata={"help": "peft target modules ('all-linear' or comma-separated names)."},
     )
-    use_vllm: bool = field(default=False, metadata={"help": "grpo/rloo: generate with vLLM (TRL syncs weights)."})
-    vllm_mode: str = field(default="colocate", metadata={"help": "grpo/rloo with use_vllm: 'server' or 'colocate'."})
-    save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0: none); needed for resume."})
+    use_vllm: bool = field(
+        default=False, metadata={"help": "grpo/rloo: generate with vLLM (TRL syncs weights)."}
+    )
+    vllm_mode: str = field(
+        default="colocate", metadata={"help": "grpo/rloo with use_vllm: 'server' or 'colocate'."}
+    )
+    save_steps: int = field(
+        default=0, metadata={"help": "Checkpoint every N steps (0: none); needed for resume."}
+    )
     resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in output_dir."})
     trl: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "Extra TRL trainer arguments passed through verbatim."}

@@ -63,7 +63,9 @@ def fit(trainer, config: TrainConfig):
     """``trainer.train()``, resuming from the last checkpoint of ``output_dir`` when asked and present."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    last = get_last_checkpoint(config.output_dir) if config.resume and os.path.isdir(config.output_dir) else None
+    last = (
+        get_last_checkpoint(config.output_dir) if config.resume and os.path.isdir(config.output_dir) else None
+    )
     trainer.train(resume_from_checkpoint=last)
     return trainer
 
