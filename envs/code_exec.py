@@ -69,8 +69,10 @@ class CodeExecEnv(TextEnv):
     the final attempt's ``pass_rate``; the episode terminates when every test passes and is truncated after
     ``max_turns`` attempts.
 
-    ``sandbox`` is a backend name for ``aligngym.sandboxes.make_sandbox`` (created on first use, kept across
-    episodes, closed by ``close()``) or a ready sandbox object, which the caller keeps and closes.
+    ``sandbox`` is a backend name (a sandbox is taken on first use from the process-wide pool for that
+    backend and config, ``aligngym.sandboxes.pool.get_pool``, kept across episodes and given back, reset, by
+    ``close()``; so environments run one after another reuse warm sandboxes) or a ready sandbox object,
+    which the caller keeps and closes.
     """
 
     description = "Write a Python function; reward = fraction of unit tests passed in a sandbox (self-debug)."
@@ -94,6 +96,7 @@ class CodeExecEnv(TextEnv):
         self._sandbox_spec = sandbox
         self._sandbox_kwargs = dict(sandbox_kwargs or {})
         self._owned_sandbox: Any = None
+        self._pool: Any = None  # the pool _owned_sandbox came from
         self._verifier: UnitTestVerifier | None = None
         self.task: CodeTask | None = None
         self._last_rate = 0.0
@@ -128,7 +131,7 @@ class CodeExecEnv(TextEnv):
     def close(self) -> None:
         if self._owned_sandbox is not None:
             sandbox, self._owned_sandbox, self._verifier = self._owned_sandbox, None, None
-            sandbox.close()
+            self._pool.release(sandbox)
         super().close()
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -141,10 +144,10 @@ class CodeExecEnv(TextEnv):
         if self._verifier is None:
             sandbox = self._sandbox_spec
             if isinstance(sandbox, str):
-                from aligngym.sandboxes import make_sandbox
+                from aligngym.sandboxes.pool import get_pool
 
-                sandbox = make_sandbox(sandbox, **{"timeout": self.timeout, **self._sandbox_kwargs})
-                self._owned_sandbox = sandbox
+                self._pool = get_pool(sandbox, **{"timeout": self.timeout, **self._sandbox_kwargs})
+                sandbox = self._owned_sandbox = self._pool.acquire()
             self._verifier = UnitTestVerifier(sandbox, timeout=self.timeout)
         return self._verifier
 

@@ -74,9 +74,37 @@ class SandboxConfig:
             "help": "local backend: True requires bubblewrap, False runs unisolated, None picks bwrap if it works."
         },
     )
+    fork_server: bool = field(
+        default=True,
+        metadata={
+            "help": "local backend with bwrap: keep a warm interpreter in the sandbox that forks per run (fast); "
+            "False starts a fresh bwrap and interpreter for every run."
+        },
+    )
+    slot_timeout: float = field(
+        default=300.0,
+        metadata={
+            "help": "Seconds creating a sandbox may wait for a free slot under the process-wide cap "
+            "(ALIGNGYM_MAX_SANDBOXES) before it raises SandboxError."
+        },
+    )
+    image: str = field(
+        default="aligngym-sandbox:latest",
+        metadata={
+            "help": "docker backend: the image to run (`aligngym sandbox build` makes the default; any local image with python3)."
+        },
+    )
 
     def __post_init__(self) -> None:
-        for name in ("timeout", "memory_mb", "cpus", "pids", "max_output_bytes", "max_file_mb"):
+        for name in (
+            "timeout",
+            "memory_mb",
+            "cpus",
+            "pids",
+            "max_output_bytes",
+            "max_file_mb",
+            "slot_timeout",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SandboxConfig.{name} must be > 0, got {getattr(self, name)!r}")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):

@@ -12,6 +12,7 @@ Two modes, picked by who runs the host process:
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import stat
@@ -19,6 +20,9 @@ import subprocess
 import sys
 
 SANDBOX_UID = 65534
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: The environment bwrap itself runs with; the program's is set inside (``--clearenv``, ``--setenv``).
+HOST_ENV = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
 #: Where the working directory appears inside the sandbox.
 SANDBOX_DIR = "/sandbox"
 #: Read-only directory inside the sandbox holding the program file of the current run.
@@ -31,6 +35,21 @@ _RESOLVER_DIR = "/run/systemd/resolve"  # where /etc/resolv.conf points on syste
 def python_executable() -> str:
     """The interpreter sandboxed Python runs with: this one, by absolute path (a venv keeps its packages)."""
     return os.path.abspath(sys.executable)
+
+
+def program_env(inner_dir: str, extra: dict[str, str]) -> dict[str, str]:
+    """The environment a sandboxed program sees (never the host's); ``inner_dir`` is its working directory."""
+    python = python_executable()
+    return {
+        "PATH": f"{os.path.dirname(python)}:{SYSTEM_PATH}",
+        "HOME": inner_dir,
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        # The program file lives outside the working directory; this keeps the modules written there importable.
+        "PYTHONPATH": inner_dir,
+        **extra,
+    }
 
 
 def mode() -> str:
@@ -133,10 +152,10 @@ def bwrap_argv(
     code_inner: str,
     network: bool,
     env: dict[str, str],
-    status_fd: int,
+    status_fd: int | None,
     tmp_bytes: int,
 ) -> list[str]:
-    """The bwrap command (up to and including ``--`` and the uid drop) that runs a program in a fresh sandbox."""
+    """The bwrap command (up to ``--`` and the uid drop) running ``code_file``, bound read-only at ``code_inner``."""
     argv = [shutil.which("bwrap") or "bwrap"]
     if bwrap_mode == "userns":
         assert userns_fd is not None
@@ -158,7 +177,9 @@ def bwrap_argv(
     argv += ["--bind", workdir, SANDBOX_DIR]
     argv += ["--perms", "0755", "--dir", CODE_DIR, "--ro-bind", code_file, code_inner]
     argv += ["--remount-ro", "/", "--chdir", SANDBOX_DIR, "--hostname", "sandbox"]
-    argv += ["--die-with-parent", "--new-session", "--json-status-fd", str(status_fd), "--clearenv"]
+    argv += ["--die-with-parent", "--new-session", "--clearenv"]
+    if status_fd is not None:
+        argv += ["--json-status-fd", str(status_fd)]
     for key, value in env.items():
         argv += ["--setenv", key, value]
     argv.append("--")
@@ -167,3 +188,38 @@ def bwrap_argv(
         drop = ["--reuid", uid, "--regid", uid, "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
         argv += [shutil.which("setpriv") or "setpriv", *drop, "--"]
     return argv
+
+
+# Paths into the working directory that the fork server must not follow while it starts (its imports would
+# run whatever an earlier run left there); its runs still get them: it sets them after each fork.
+_STARTUP_UNSAFE = {"PYTHONPATH", "PYTHONSTARTUP", "PYTHONUSERBASE", "HOME"}
+
+
+def server_argv(
+    *,
+    bwrap_mode: str,
+    userns_fd: int | None,
+    workdir: str,
+    script: str,
+    network: bool,
+    env: dict[str, str],
+    ctl_fd: int,
+    tmp_bytes: int,
+) -> list[str]:
+    """bwrap running the fork server ``script`` on ``ctl_fd``, for programs with ``env`` and ``tmp_bytes`` of /tmp."""
+    startup = {key: value for key, value in env.items() if key not in _STARTUP_UNSAFE}
+    startup["HOME"] = "/"
+    settings = {"env": env, "bash": shutil.which("bash") or "/bin/bash", "tmp_bytes": tmp_bytes}
+    inner = f"{CODE_DIR}/forkserver.py"
+    argv = bwrap_argv(
+        bwrap_mode=bwrap_mode,
+        userns_fd=userns_fd,
+        workdir=workdir,
+        code_file=script,
+        code_inner=inner,
+        network=network,
+        env=startup,
+        status_fd=None,
+        tmp_bytes=1 << 20,  # the server's own /tmp; each run mounts a fresh one
+    )
+    return [*argv, python_executable(), inner, str(ctl_fd), json.dumps(settings)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import os
 import shutil
 import signal
@@ -33,6 +34,49 @@ def rlimit_prefix(limits: dict[str, int], python: str) -> list[str]:
         return [prlimit, *(f"--{name}={value}" for name, value in limits.items()), "--"]
     spec = ",".join(f"{name}={value}" for name, value in limits.items())
     return [python, "-S", "-c", _RLIMIT_SHIM, spec]
+
+
+def run_rlimits(
+    limit: float,
+    file_bytes: int,
+    *,
+    memory_bytes: int | None = None,
+    nproc: int | None = None,
+    nofile: int | None = None,
+) -> dict[str, int]:
+    """One run's rlimits by prlimit name: CPU seconds just past the wall limit, file size, no core dumps."""
+    rlimits = {"cpu": math.ceil(limit) + 1, "fsize": file_bytes, "core": 0}
+    for name, value in (("as", memory_bytes), ("nproc", nproc), ("nofile", nofile)):
+        if value is not None:
+            rlimits[name] = value
+    return rlimits
+
+
+def describe(mode: str, *, cgroup: bool, network: bool, fork_server: bool) -> dict[str, str]:
+    """Which mechanism enforces each limit of a local sandbox in bwrap ``mode`` ("none": unisolated)."""
+    isolated = mode != "none"
+    if fork_server:
+        # RLIMIT_NPROC counts the run's own user namespace; a cgroup, when there is one, holds the sandbox.
+        memory, pids = (
+            ("rlimit_as+cgroup", "rlimit_nproc+cgroup") if cgroup else ("rlimit_as", "rlimit_nproc")
+        )
+    else:
+        # The kernel exempts host uid 0 from RLIMIT_NPROC, and outside a user namespace it counts every
+        # process of the host user, so it only means "this run's processes" in these two cases.
+        nproc = mode == "userns" or (mode == "classic" and os.geteuid() != 0)
+        memory = "cgroup" if cgroup else "rlimit_as"
+        pids = "cgroup" if cgroup else ("rlimit_nproc" if nproc else "none")
+    return {
+        "filesystem": "bwrap" if isolated else "none",
+        "network": "netns" if isolated and not network else "none",
+        "user": "uid 65534" if isolated else "none",
+        "memory": memory,
+        "pids": pids,
+        "cpus": "cgroup" if cgroup else "none",
+        "cpu_time": "rlimit_cpu",
+        "file_size": "rlimit_fsize",
+        "wall_time": "kill",
+    }
 
 
 def _read(path: str) -> str:
@@ -96,15 +140,19 @@ class Cgroup:
             *argv,
         ]
 
-    def oom_killed(self) -> bool:
-        """Whether the kernel OOM-killed anything in this cgroup."""
+    def oom_kills(self) -> int:
+        """How many processes the kernel OOM-killed in this cgroup so far."""
         try:
             events = dict(
                 line.split() for line in _read(os.path.join(self.path, "memory.events")).splitlines()
             )
+            return int(events.get("oom_kill", 0))
         except (OSError, ValueError):
-            return False
-        return int(events.get("oom_kill", 0)) > 0
+            return 0
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel OOM-killed anything in this cgroup."""
+        return self.oom_kills() > 0
 
     def kill(self) -> None:
         """SIGKILL every process in the cgroup."""

@@ -5,23 +5,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
 from . import bwrap, limits
 from .base import LANGUAGES, Language, RunResult, Sandbox, SandboxConfig, SandboxError
+from .forkserver import SERVER_SCRIPT, ForkServer, ServerGone, ServerStartError, ServerUnsupported
+from .pool import acquire_slot, release_slot
 from .supervise import kill_tree, supervise
-from .workdir import WorkDir
+from .workdir import WorkDir, empty_dir, remove_tree
 
-_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _SUFFIX = {"python": ".py", "bash": ".sh"}
+_NOFILE = 1024
+_SERVER_START_TIMEOUT_S = 30.0
 _warned_unisolated = False
+#: Why the fork server cannot work on this host (set by the first failed probe), else None.
+_fork_server_unsupported: str | None = None
 
 
 @functools.lru_cache(maxsize=1)
@@ -30,7 +36,8 @@ def bwrap_available() -> bool:
     if bwrap.tools_missing(bwrap.mode()):
         return False
     try:
-        with LocalSandbox(SandboxConfig(use_bwrap=True, timeout=30)) as sandbox:
+        probe = SandboxConfig(use_bwrap=True, timeout=30, fork_server=False)
+        with LocalSandbox(probe, counted=False) as sandbox:
             return sandbox.run("pass").status == "ok"
     except (OSError, SandboxError):
         return False
@@ -49,32 +56,51 @@ def _warn_unisolated() -> None:
         )
 
 
-def _remove_tree(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    if os.path.exists(path):
-        # Sandboxed code may leave directories without write or search permission for their owner.
-        for dirpath, dirnames, _ in os.walk(path):
-            for name in dirnames:
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(dirpath, name), 0o700)
-        shutil.rmtree(path, ignore_errors=True)
+def _server_argv(ctl_fd: int, *, cgroup: limits.Cgroup | None, **options: Any) -> list[str]:
+    argv = bwrap.server_argv(ctl_fd=ctl_fd, **options)
+    return cgroup.wrap(argv) if cgroup is not None else argv
 
 
 class LocalSandbox(Sandbox):
     """Runs programs on this machine: in bubblewrap when it works, else unisolated with one warning."""
 
-    def __init__(self, config: SandboxConfig | None = None):
+    # With bubblewrap and ``fork_server`` (the default) a warm interpreter inside bwrap forks a pristine copy
+    # of itself per run, each run in its own user, pid, mount and IPC namespaces (``forkserver``); else every
+    # run starts a fresh bwrap and interpreter. Either way the working directory persists across runs and
+    # nothing a run started outlives it. ``counted=False`` keeps a sandbox out of the process-wide cap
+    # (internal probes only).
+
+    def __init__(self, config: SandboxConfig | None = None, *, counted: bool = True):
         self.config = config or SandboxConfig()
         self._closed = False
+        self._slot = False
         self._root: str | None = None
         self._userns_fd: int | None = None
         self._pgids: set[int] = set()
+        self._server: ForkServer | None = None
+        self._server_lock = threading.Lock()
+        #: How many fork servers this sandbox started (a restart after the server died adds one).
+        self.server_starts = 0
         use_bwrap = bwrap_available() if self.config.use_bwrap is None else self.config.use_bwrap
         #: "userns" or "classic" (bubblewrap, see ``aligngym.sandboxes.bwrap``) or "none" (unisolated).
         self.mode = bwrap.mode() if use_bwrap else "none"
         self.isolated = self.mode != "none"
         if self.isolated and (missing := bwrap.tools_missing(self.mode)):
             raise SandboxError(f"use_bwrap=True but {', '.join(missing)} is not on PATH")
+        #: Whether runs go through the warm fork server (False: a fresh bwrap, or a subprocess, per run).
+        self.fork_server = self.isolated and self.config.fork_server and _fork_server_unsupported is None
+        if counted:
+            acquire_slot(self.config.slot_timeout)
+            self._slot = True
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+        if not self.isolated:
+            _warn_unisolated()
+
+    def _setup(self) -> None:
         if self.mode == "userns":
             try:
                 self._userns_fd = bwrap.make_userns()
@@ -94,25 +120,12 @@ class LocalSandbox(Sandbox):
         self._cgroup_parent = limits.cgroup_parent()
         #: Which mechanism enforces each limit here ("none" where nothing does).
         self.limits_enforced = self._describe_limits()
-        if not self.isolated:
-            _warn_unisolated()
 
     def _describe_limits(self) -> dict[str, str]:
         cgroup = self._cgroup_parent is not None
-        # The kernel exempts host uid 0 from RLIMIT_NPROC, and outside a user namespace it counts every
-        # process of the host user, so it only means "this run's processes" in these two cases.
-        nproc = self.mode == "userns" or (self.mode == "classic" and os.geteuid() != 0)
-        return {
-            "filesystem": "bwrap" if self.isolated else "none",
-            "network": "netns" if self.isolated and not self.config.network else "none",
-            "user": f"uid {bwrap.SANDBOX_UID}" if self.isolated else "none",
-            "memory": "cgroup" if cgroup else "rlimit_as",
-            "pids": "cgroup" if cgroup else ("rlimit_nproc" if nproc else "none"),
-            "cpus": "cgroup" if cgroup else "none",
-            "cpu_time": "rlimit_cpu",
-            "file_size": "rlimit_fsize",
-            "wall_time": "kill",
-        }
+        return limits.describe(
+            self.mode, cgroup=cgroup, network=self.config.network, fork_server=self.fork_server
+        )
 
     # -- running -------------------------------------------------------------------------------------
     async def arun(
@@ -129,11 +142,116 @@ class LocalSandbox(Sandbox):
         limit = self.config.timeout if timeout is None else float(timeout)
         if limit <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        if self.fork_server:
+            result = await self._run_forked(language, code, data, limit)
+            if result is not None:
+                return self._unless_closed(result)
+        return await self._run_oneshot(language, code, data, limit)
+
+    def _unless_closed(self, result: RunResult) -> RunResult:
+        if self._closed:
+            return RunResult(
+                "sandbox_error", stderr="the sandbox was closed during the run", duration_s=result.duration_s
+            )
+        return result
+
+    async def _run_forked(
+        self, language: str, code: str, data: bytes | None, limit: float
+    ) -> RunResult | None:
+        """Run through the fork server (started, or restarted, on demand); None when it is unsupported here."""
+        cfg = self.config
+        rlimits = limits.run_rlimits(
+            limit, cfg.max_file_bytes, memory_bytes=cfg.memory_mb << 20, nproc=cfg.pids, nofile=_NOFILE
+        )
+        source = code.encode()
+        for _ in range(2):  # a server found dead took nothing: start a fresh one and send the run there
+            server = self._server
+            if server is None or not server.alive:
+                try:
+                    server = await asyncio.to_thread(self._ensure_server)
+                except ServerUnsupported:
+                    return None
+                except ServerStartError as exc:
+                    return RunResult("sandbox_error", stderr=f"the sandbox failed to start: {exc}")
+                except SandboxError as exc:  # closed meanwhile
+                    return RunResult("sandbox_error", stderr=str(exc))
+            try:
+                return await server.run(language, source, data, limit, rlimits, cfg.max_output_bytes)
+            except ServerGone:
+                continue
+        return RunResult("sandbox_error", stderr="the sandbox server stopped before the run could start")
+
+    def _ensure_server(self) -> ForkServer:
+        """The running fork server, started (or restarted after it died) if need be; blocks while it starts."""
+        global _fork_server_unsupported
+        with self._server_lock:
+            self._check_open()
+            if self._server is not None and self._server.alive:
+                return self._server
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            cfg, cgroup = self.config, None
+            if self._cgroup_parent is not None:
+                # The whole sandbox (server and concurrent runs); each run also has its own rlimits.
+                cgroup = limits.Cgroup(
+                    self._cgroup_parent,
+                    memory_bytes=(cfg.memory_mb + 64) << 20,
+                    pids=cfg.pids + 8,
+                    cpus=cfg.cpus,
+                )
+            script = os.path.join(self._code_dir, "forkserver.py")
+            if not os.path.exists(script):
+                shutil.copyfile(SERVER_SCRIPT, script)
+                os.chmod(script, 0o644)  # readable by the sandbox user whatever the install's umask was
+            # Nothing here refers back to the sandbox: its reader thread keeps the server alive, and an
+            # unclosed sandbox must still be garbage-collected (and so closed) like any other object.
+            argv_for = functools.partial(
+                _server_argv,
+                bwrap_mode=self.mode,
+                userns_fd=self._userns_fd,
+                workdir=self.workdir,
+                script=script,
+                network=cfg.network,
+                env=bwrap.program_env(bwrap.SANDBOX_DIR, cfg.env),
+                tmp_bytes=cfg.memory_mb << 20,
+                cgroup=cgroup,
+            )
+            server = ForkServer(
+                argv_for,
+                env=bwrap.HOST_ENV,
+                pass_fds=[fd for fd in (self._userns_fd,) if fd is not None],
+                log_path=os.path.join(self._root or "/", "server.log"),
+                cgroup=cgroup,
+            )
+            try:
+                server.start(_SERVER_START_TIMEOUT_S)
+            except ServerUnsupported as exc:
+                server.close()
+                _fork_server_unsupported = str(exc)
+                self.fork_server = False
+                self.limits_enforced = self._describe_limits()
+                warnings.warn(
+                    f"aligngym local sandbox: the fork server does not work here ({exc}); every run starts "
+                    "a fresh bwrap instead (slower, same isolation)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                raise
+            except BaseException:
+                server.close()
+                raise
+            self._server = server
+            self.server_starts += 1
+            return server
+
+    async def _run_oneshot(self, language: str, code: str, data: bytes | None, limit: float) -> RunResult:
+        """Run in a fresh bwrap (or, unisolated, a plain subprocess)."""
         code_file = os.path.join(self._code_dir, uuid.uuid4().hex + _SUFFIX[language])
         with open(code_file, "w", encoding="utf-8") as f:
             f.write(code)
         os.chmod(code_file, 0o644)
-        data = stdin.encode() if isinstance(stdin, str) else stdin
         status_r = status_w = None
         cgroup: limits.Cgroup | None = None
         try:
@@ -164,7 +282,15 @@ class LocalSandbox(Sandbox):
             finally:
                 if status_w is not None:
                     os.close(status_w)  # the child holds its own copy; EOF must come when bwrap exits
-            return await self._supervise(proc, started, data, limit, status_r, cgroup)
+            self._pgids.add(proc.pid)  # so close() can kill runs still in flight
+            try:
+                cap = self.config.max_output_bytes
+                result = await supervise(
+                    proc, started=started, stdin=data, limit=limit, cap=cap, status_fd=status_r, cgroup=cgroup
+                )
+            finally:
+                self._pgids.discard(proc.pid)
+            return self._unless_closed(result)
         finally:
             if status_r is not None:
                 os.close(status_r)
@@ -181,22 +307,14 @@ class LocalSandbox(Sandbox):
         inner_dir = bwrap.SANDBOX_DIR if self.isolated else self.workdir
         program = f"{bwrap.CODE_DIR}/main{_SUFFIX[language]}" if self.isolated else code_file
         runner = python if language == "python" else shutil.which("bash") or "/bin/bash"
-        rlimits = {"cpu": math.ceil(limit) + 1, "fsize": cfg.max_file_bytes, "core": 0}
-        if cgroup is None:
-            rlimits["as"] = cfg.memory_mb << 20
-            if self.isolated:
-                rlimits["nproc"] = cfg.pids
+        rlimits = limits.run_rlimits(
+            limit,
+            cfg.max_file_bytes,
+            memory_bytes=cfg.memory_mb << 20 if cgroup is None else None,
+            nproc=cfg.pids if cgroup is None and self.isolated else None,
+        )
         argv = [*limits.rlimit_prefix(rlimits, python), runner, program]
-        env = {
-            "PATH": f"{os.path.dirname(python)}:{_SYSTEM_PATH}",
-            "HOME": inner_dir,
-            "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONUNBUFFERED": "1",
-            # The program file lives outside the working directory; this keeps the modules written there importable.
-            "PYTHONPATH": inner_dir,
-            **cfg.env,
-        }
+        env = bwrap.program_env(inner_dir, cfg.env)
         if self.isolated:
             assert status_w is not None
             argv = (
@@ -213,33 +331,10 @@ class LocalSandbox(Sandbox):
                 )
                 + argv
             )
-            env = {"PATH": _SYSTEM_PATH, "LANG": "C.UTF-8"}
+            env = dict(bwrap.HOST_ENV)
         if cgroup is not None:
             argv = cgroup.wrap(argv)
         return argv, env
-
-    async def _supervise(
-        self,
-        proc: asyncio.subprocess.Process,
-        started: float,
-        stdin: bytes | None,
-        limit: float,
-        status_r: int | None,
-        cgroup: limits.Cgroup | None,
-    ) -> RunResult:
-        self._pgids.add(proc.pid)  # so close() can kill runs still in flight
-        try:
-            cap = self.config.max_output_bytes
-            result = await supervise(
-                proc, started=started, stdin=stdin, limit=limit, cap=cap, status_fd=status_r, cgroup=cgroup
-            )
-        finally:
-            self._pgids.discard(proc.pid)
-        if self._closed:
-            return RunResult(
-                "sandbox_error", stderr="the sandbox was closed during the run", duration_s=result.duration_s
-            )
-        return result
 
     # -- files ---------------------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -257,18 +352,47 @@ class LocalSandbox(Sandbox):
         return self._files.read(path)
 
     # -- lifecycle -----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Make the sandbox as good as new for its next user: kill every run, empty the working directory."""
+        # A warm fork server stays (it never runs user code itself); a dead one is replaced on the next run.
+        self._check_open()
+        for pgid in list(self._pgids):
+            kill_tree(pgid)
+        deadline = time.monotonic() + 2.0
+        while self._pgids and time.monotonic() < deadline:
+            time.sleep(0.005)  # their supervisors reap them and forget their groups
+        server = self._server
+        if server is not None and server.alive:
+            server.kill_runs()
+        empty_dir(self.workdir)
+        os.chmod(self.workdir, 0o700)
+        if self._owner:
+            os.chown(self.workdir, *self._owner)
+
     def close(self) -> None:
         """Kill running programs and delete the working directory; calling it again does nothing."""
         if getattr(self, "_closed", True):
             return
         self._closed = True
-        for pgid in list(self._pgids):
-            kill_tree(pgid)
-        if self._userns_fd is not None:
-            os.close(self._userns_fd)
-            self._userns_fd = None
-        if self._root is not None:
-            _remove_tree(self._root)
+        try:
+            for pgid in list(self._pgids):
+                kill_tree(pgid)
+            with self._server_lock:
+                server, self._server = self._server, None
+            if server is not None:
+                server.close()
+            if self._userns_fd is not None:
+                os.close(self._userns_fd)
+                self._userns_fd = None
+            if self._root is not None:
+                remove_tree(self._root)
+        finally:
+            if self._slot:
+                self._slot = False
+                release_slot()
 
     def __repr__(self) -> str:
-        return f"LocalSandbox(mode={self.mode!r}, workdir={getattr(self, 'workdir', None)!r}, closed={self._closed})"
+        return (
+            f"LocalSandbox(mode={self.mode!r}, fork_server={self.fork_server}, "
+            f"workdir={getattr(self, 'workdir', None)!r}, closed={self._closed})"
+        )

@@ -111,25 +111,48 @@ async def supervise(
     rc = proc.returncode
     if rc is not None and rc < 0:
         rc = 128 - rc  # killed by a signal: report it the way shells (and bwrap) do
-    status: Status
     if status_fd is not None and not killed and not _setup_finished(status_fd):
-        status, rc = "sandbox_error", None
-    elif timed_out:
+        return RunResult(
+            "sandbox_error",
+            stdout=out.decode("utf-8", errors="replace"),
+            stderr=f"the sandbox failed to start: {err.decode('utf-8', errors='replace')}",
+            duration_s=duration,
+            truncated=overflow.is_set(),
+        )
+    oom = cgroup is not None and cgroup.oom_killed()
+    return finish(
+        rc, out, err, duration, timed_out=timed_out, overflow=overflow.is_set(), killed=killed, oom=oom
+    )
+
+
+def finish(
+    rc: int | None,
+    out: bytearray,
+    err: bytearray,
+    duration: float,
+    *,
+    timed_out: bool,
+    overflow: bool,
+    killed: bool,
+    oom: bool,
+) -> RunResult:
+    """Classify how a run ended (``rc`` as a shell reports it, 128+N for signal N) and build its result."""
+    status: Status
+    if timed_out:
         status, rc = "timeout", None
-    elif overflow.is_set():
+    elif overflow:
         status, rc = "output_limit", None if killed else rc
     elif rc == 128 + signal.SIGXCPU:
         status = "timeout"  # RLIMIT_CPU
-    elif rc != 0 and ((cgroup is not None and cgroup.oom_killed()) or _mentions_memory(err)):
+    elif rc != 0 and (oom or _mentions_memory(err)):
         status = "memory"
     else:
         status = "ok" if rc == 0 else "error"
-    stderr = err.decode("utf-8", errors="replace")
     return RunResult(
         status=status,
         stdout=out.decode("utf-8", errors="replace"),
-        stderr=f"the sandbox failed to start: {stderr}" if status == "sandbox_error" else stderr,
+        stderr=err.decode("utf-8", errors="replace"),
         exit_code=rc,
         duration_s=duration,
-        truncated=overflow.is_set(),
+        truncated=overflow,
     )

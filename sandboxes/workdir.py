@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import stat
 from collections.abc import Mapping
 from pathlib import PurePosixPath
@@ -72,3 +74,28 @@ class WorkDir:
         if len(data) > self.max_bytes:
             raise SandboxError(f"{path!r} is over the {self.max_bytes}-byte file limit")
         return data
+
+
+def empty_dir(path: str) -> None:
+    """Delete everything inside ``path`` (never following links) but keep the directory itself."""
+    with os.scandir(path) as entries:
+        names = [entry.name for entry in entries]
+    for name in names:
+        full = os.path.join(path, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            remove_tree(full)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(full)
+
+
+def remove_tree(path: str) -> None:
+    """Delete a directory tree, even one whose directories sandboxed code made unreadable."""
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.exists(path):
+        # Sandboxed code may leave directories without write or search permission for their owner.
+        for dirpath, dirnames, _ in os.walk(path):
+            for name in dirnames:
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(dirpath, name), 0o700)
+        shutil.rmtree(path, ignore_errors=True)

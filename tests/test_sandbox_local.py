@@ -1,13 +1,20 @@
-"""The local sandbox, checked by behaviour: limits, isolation, file transfer and the unisolated fallback."""
+"""The local sandbox, checked by behaviour: limits, isolation, file transfer and the unisolated fallback.
+
+With bubblewrap, runs go through the warm fork server by default; the core tests also run in one-shot mode
+(``fork_server=False``, a fresh bwrap per run) and unisolated.
+"""
 
 from __future__ import annotations
 
 import ast
 import asyncio
 import dataclasses
+import hashlib
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 import uuid
 import warnings
@@ -23,18 +30,25 @@ from aligngym.sandboxes import (
     make_sandbox,
 )
 from aligngym.sandboxes import bwrap as bwrap_mod
+from aligngym.sandboxes import forkserver as forkserver_mod
 from aligngym.sandboxes import limits as limits_mod
 from aligngym.sandboxes import local as local_mod
+from aligngym.sandboxes.pool import live_sandboxes
 
 needs_bwrap = pytest.mark.skipif(not bwrap_available(), reason="bubblewrap is not usable on this machine")
 MODES = [pytest.param(True, id="bwrap", marks=needs_bwrap), pytest.param(False, id="unisolated")]
+ALL_MODES = [*MODES[:1], pytest.param("oneshot", id="oneshot", marks=needs_bwrap), *MODES[1:]]
 
 
-def _make(use_bwrap: bool, **config) -> LocalSandbox:
+def _make(mode: bool | str, **config) -> LocalSandbox:
+    """``True``: bubblewrap with the fork server; ``"oneshot"``: a fresh bwrap per run; ``False``: unisolated."""
+    if mode == "oneshot":
+        config = {"fork_server": False, **config}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the unisolated warning has its own test
-        sandbox = make_sandbox("local", use_bwrap=use_bwrap, **{"timeout": 5, **config})
+        sandbox = make_sandbox("local", use_bwrap=bool(mode), **{"timeout": 5, **config})
     assert isinstance(sandbox, LocalSandbox)
+    assert sandbox.fork_server == (mode is True)
     return sandbox
 
 
@@ -45,10 +59,28 @@ def sb(request):
     sandbox.close()
 
 
+@pytest.fixture(params=ALL_MODES)
+def sb3(request):
+    """The core behaviour, checked in all three ways of running."""
+    sandbox = _make(request.param)
+    yield sandbox
+    sandbox.close()
+
+
 @pytest.fixture
 def bsb():
-    """A bubblewrap sandbox (for tests of isolation itself)."""
+    """A bubblewrap sandbox with the fork server (for tests of isolation itself)."""
     sandbox = _make(True)
+    yield sandbox
+    sandbox.close()
+
+
+@pytest.fixture(params=[pytest.param(True, id="fork"), pytest.param("oneshot", id="oneshot")])
+def both_bwrap(request):
+    """A bubblewrap sandbox, with the fork server and in one-shot mode."""
+    if not bwrap_available():
+        pytest.skip("bubblewrap is not usable on this machine")
+    sandbox = _make(request.param)
     yield sandbox
     sandbox.close()
 
@@ -66,46 +98,46 @@ def _processes_with(marker: str) -> list[int]:
 
 
 # -- running ----------------------------------------------------------------------------------------
-def test_ok_run_reports_stdout(sb):
-    r = sb.run("print(1)")
+def test_ok_run_reports_stdout(sb3):
+    r = sb3.run("print(1)")
     assert (r.status, r.stdout, r.stderr, r.exit_code, r.truncated) == ("ok", "1\n", "", 0, False)
     assert r.ok and 0 < r.duration_s < 5
 
 
-def test_error_exit_code_and_stderr(sb):
-    r = sb.run("import sys\nprint('boom', file=sys.stderr)\nsys.exit(3)")
+def test_error_exit_code_and_stderr(sb3):
+    r = sb3.run("import sys\nprint('boom', file=sys.stderr)\nsys.exit(3)")
     assert (r.status, r.exit_code, r.stderr) == ("error", 3, "boom\n")
-    r = sb.run("raise KeyError('nope')")
+    r = sb3.run("raise KeyError('nope')")
     assert r.status == "error" and r.exit_code == 1 and "KeyError: 'nope'" in r.stderr
 
 
-def test_bash_language_and_stdin(sb):
-    r = sb.run("echo hi; echo err >&2; exit 3", language="bash")
+def test_bash_language_and_stdin(sb3):
+    r = sb3.run("echo hi; echo err >&2; exit 3", language="bash")
     assert (r.status, r.exit_code, r.stdout, r.stderr) == ("error", 3, "hi\n", "err\n")
-    r = sb.run("import sys; print(sys.stdin.read().upper())", stdin="abc")
+    r = sb3.run("import sys; print(sys.stdin.read().upper())", stdin="abc")
     assert r.stdout == "ABC\n"
     # A program that never reads a large stdin must not hang the writer.
-    assert sb.run("print('done')", stdin=b"x" * (4 << 20)).stdout == "done\n"
+    assert sb3.run("print('done')", stdin=b"x" * (4 << 20)).stdout == "done\n"
     with pytest.raises(ValueError, match="unknown language"):
-        sb.run("1", language="ruby")
+        sb3.run("1", language="ruby")
 
 
-def test_timeout_status_and_duration(sb):
-    r = sb.run("while True:\n    pass", timeout=1)
+def test_timeout_status_and_duration(sb3):
+    r = sb3.run("while True:\n    pass", timeout=1)
     assert r.status == "timeout" and r.exit_code is None
     assert 0.95 <= r.duration_s < 2.0
 
 
-def test_timeout_kills_background_children(sb):
+def test_timeout_kills_background_children(sb3):
     code = "(trap '' TERM HUP; sleep 1.5; echo alive > late.txt) & sleep 30"
-    r = sb.run(code, language="bash", timeout=0.5)
+    r = sb3.run(code, language="bash", timeout=0.5)
     assert r.status == "timeout"
     time.sleep(1.5)
-    assert not os.path.exists(os.path.join(sb.workdir, "late.txt"))
+    assert not os.path.exists(os.path.join(sb3.workdir, "late.txt"))
 
 
-@needs_bwrap
-def test_timeout_kills_a_double_forked_setsid_grandchild(bsb):
+def test_timeout_kills_a_double_forked_setsid_grandchild(both_bwrap):
+    bsb = both_bwrap
     marker = f"agym-orphan-{uuid.uuid4().hex}"
     code = f"""
 import os, time
@@ -127,9 +159,9 @@ time.sleep(60)
     assert not os.path.exists(os.path.join(bsb.workdir, "late.txt"))
 
 
-def test_output_cap_kills_and_truncates(sb):
+def test_output_cap_kills_and_truncates(sb3):
     start = time.monotonic()
-    r = sb.run("yes", language="bash")
+    r = sb3.run("yes", language="bash")
     assert (r.status, r.truncated, r.exit_code) == ("output_limit", True, None)
     assert len(r.stdout) == 1 << 20 and set(r.stdout) == {"y", "\n"}
     assert time.monotonic() - start < 4
@@ -141,10 +173,10 @@ def test_small_output_cap_on_stderr():
     assert r.status == "output_limit" and r.truncated and r.stderr == "e" * 1000
 
 
-def test_memory_hog_reports_memory(sb):
-    r = sb.run("b = bytearray(4 * 1024**3)")
+def test_memory_hog_reports_memory(sb3):
+    r = sb3.run("b = bytearray(4 * 1024**3)")
     assert r.status == "memory", r
-    r = sb.run("chunks = []\nwhile True:\n    chunks.append(bytearray(10**8))")
+    r = sb3.run("chunks = []\nwhile True:\n    chunks.append(bytearray(10**8))")
     assert r.status == "memory" and "MemoryError" in r.stderr
 
 
@@ -282,22 +314,22 @@ def test_host_environment_not_visible(monkeypatch):
 
 
 # -- working directory and files --------------------------------------------------------------------
-def test_workdir_persists_and_new_sandbox_starts_clean(sb):
-    assert sb.run("open('state.txt', 'w').write('42')").ok
-    assert sb.run("print(open('state.txt').read())").stdout == "42\n"
-    assert sb.run("import helper_mod", stdin=None).status == "error"
-    sb.write_files({"helper_mod.py": "VALUE = 7\n"})
-    assert sb.run("import helper_mod; print(helper_mod.VALUE)").stdout == "7\n"
-    with _make(sb.isolated) as fresh:
+def test_workdir_persists_and_new_sandbox_starts_clean(sb3):
+    assert sb3.run("open('state.txt', 'w').write('42')").ok
+    assert sb3.run("print(open('state.txt').read())").stdout == "42\n"
+    assert sb3.run("import helper_mod", stdin=None).status == "error"
+    sb3.write_files({"helper_mod.py": "VALUE = 7\n"})
+    assert sb3.run("import helper_mod; print(helper_mod.VALUE)").stdout == "7\n"
+    with _make(sb3.fork_server or ("oneshot" if sb3.isolated else False)) as fresh:
         assert fresh.run("import os; print(os.listdir('.'))").stdout == "[]\n"
-    host_dir = sb.workdir
-    sb.close()
-    sb.close()  # idempotent
+    host_dir = sb3.workdir
+    sb3.close()
+    sb3.close()  # idempotent
     assert not os.path.exists(host_dir)
     with pytest.raises(SandboxError, match="closed"):
-        sb.run("print(1)")
+        sb3.run("print(1)")
     with pytest.raises(SandboxError, match="closed"):
-        sb.read_file("state.txt")
+        sb3.read_file("state.txt")
 
 
 def test_write_files_read_file_round_trip(sb):
@@ -364,14 +396,14 @@ def test_arun_concurrent_runs_with_gather(sb):
     assert nested.stdout == "from a running loop\n"
 
 
-def test_cancelled_arun_kills_its_program(sb):
+def test_cancelled_arun_kills_its_program(sb3):
     async def main():
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(sb.arun("import time; time.sleep(1); open('late.txt', 'w')"), 0.3)
+            await asyncio.wait_for(sb3.arun("import time; time.sleep(1); open('late.txt', 'w')"), 0.3)
 
     asyncio.run(main())
     time.sleep(1.2)
-    assert not os.path.exists(os.path.join(sb.workdir, "late.txt"))
+    assert not os.path.exists(os.path.join(sb3.workdir, "late.txt"))
 
 
 def test_async_context_manager():
@@ -414,8 +446,6 @@ def test_sandbox_error_when_bwrap_cannot_start(bsb):
 def test_make_sandbox_backends_and_config():
     with pytest.raises(ValueError, match="local"):
         make_sandbox("nope")
-    with pytest.raises(SandboxError, match="docker backend not available yet"):
-        make_sandbox("docker")
     with pytest.raises(ValueError, match="memory_mb"):
         SandboxConfig(memory_mb=0)
     assert all(f.metadata.get("help") for f in dataclasses.fields(SandboxConfig))
@@ -426,7 +456,9 @@ def test_make_sandbox_backends_and_config():
         assert (sandbox.config.timeout, sandbox.config.pids) == (3, 9)
 
 
-def test_cgroup_v2_plumbing_with_a_fake_tree(monkeypatch, tmp_path):
+@pytest.fixture
+def fake_cgroup(monkeypatch, tmp_path):
+    """A fake cgroup v2 tree holding this process's cgroup; yields that cgroup's directory."""
     own = next(
         line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::")
     )
@@ -437,16 +469,242 @@ def test_cgroup_v2_plumbing_with_a_fake_tree(monkeypatch, tmp_path):
     monkeypatch.setattr(limits_mod, "CGROUP_ROOT", str(tmp_path))
     limits_mod.cgroup_parent.cache_clear()
     try:
-        assert limits_mod.cgroup_parent() == str(base)
-        assert "+cpu" in (base / "cgroup.subtree_control").read_text()  # the missing controller was enabled
-        with _make(False, memory_mb=100, pids=7, cpus=0.5) as sandbox:
-            assert sandbox.limits_enforced["memory"] == sandbox.limits_enforced["pids"] == "cgroup"
-            r = sandbox.run("import os; print(os.getpid())")
-        assert r.ok, r.stderr
-        (run_dir,) = [p for p in base.iterdir() if p.name.startswith("aligngym-")]
-        assert (run_dir / "memory.max").read_text() == str(100 << 20)
-        assert (run_dir / "pids.max").read_text() == "7"
-        assert (run_dir / "cpu.max").read_text() == "50000 100000"
-        assert (run_dir / "cgroup.procs").read_text().strip().isdigit()  # the wrapper moved itself in
+        yield base
     finally:
         limits_mod.cgroup_parent.cache_clear()
+
+
+def test_cgroup_v2_plumbing_with_a_fake_tree(fake_cgroup):
+    base = fake_cgroup
+    assert limits_mod.cgroup_parent() == str(base)
+    assert "+cpu" in (base / "cgroup.subtree_control").read_text()  # the missing controller was enabled
+    with _make(False, memory_mb=100, pids=7, cpus=0.5) as sandbox:
+        assert sandbox.limits_enforced["memory"] == sandbox.limits_enforced["pids"] == "cgroup"
+        r = sandbox.run("import os; print(os.getpid())")
+    assert r.ok, r.stderr
+    (run_dir,) = [p for p in base.iterdir() if p.name.startswith("aligngym-")]
+    assert (run_dir / "memory.max").read_text() == str(100 << 20)
+    assert (run_dir / "pids.max").read_text() == "7"
+    assert (run_dir / "cpu.max").read_text() == "50000 100000"
+    assert (run_dir / "cgroup.procs").read_text().strip().isdigit()  # the wrapper moved itself in
+
+
+@needs_bwrap
+def test_fork_server_sandbox_cgroup_with_a_fake_tree(fake_cgroup):
+    with _make(True, memory_mb=100, pids=7, cpus=0.5) as sandbox:
+        assert sandbox.limits_enforced["memory"] == "rlimit_as+cgroup"
+        assert sandbox.limits_enforced["cpus"] == "cgroup"
+        assert sandbox.run("print(1)").ok and sandbox.run("print(2)").ok
+        # one cgroup for the whole sandbox (server and runs), with room for the server next to a run
+        (sandbox_dir,) = [p for p in fake_cgroup.iterdir() if p.name.startswith("aligngym-")]
+        assert (sandbox_dir / "memory.max").read_text() == str(164 << 20)
+        assert (sandbox_dir / "pids.max").read_text() == "15"
+        assert (sandbox_dir / "cgroup.procs").read_text().strip().isdigit()
+
+
+# -- the fork server --------------------------------------------------------------------------------
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(pid))
+    return children
+
+
+def _sandbox_processes(sandbox: LocalSandbox) -> list[str]:
+    """Command lines of every process under the sandbox's bwrap (bwrap's own included)."""
+    assert sandbox._server is not None and sandbox._server.pid is not None
+    children, found, todo = _children_map(), [], [sandbox._server.pid]
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                found.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+        todo += children.get(pid, [])
+    return found
+
+
+def _server_python_pid(sandbox: LocalSandbox) -> int:
+    assert sandbox._server is not None and sandbox._server.pid is not None
+    children, todo = _children_map(), [sandbox._server.pid]
+    while todo:
+        pid = todo.pop()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        if argv[0] != b"" and b"bwrap" not in argv[0] and argv[1:2] == [b"/.aligngym/forkserver.py"]:
+            return pid
+        todo += children.get(pid, [])
+    raise AssertionError("no fork server process found")
+
+
+@needs_bwrap
+def test_each_run_is_a_fresh_unprivileged_process_in_its_own_namespaces(bsb):
+    code = """
+import os
+print(os.getpid(), os.getppid(), os.getuid(), os.getcwd(), sorted(os.listdir("/.aligngym")), os.listdir("/tmp"))
+caps = dict(line.split(":\\t") for line in open("/proc/self/status").read().splitlines() if line.startswith("Cap"))
+print(sorted({v.strip() for v in caps.values()}))
+open("/tmp/mine", "w").write("x")
+"""
+    first, second = bsb.run(code), bsb.run(code)
+    assert first.ok and second.ok, first.stderr
+    # pid 2 under a pid-1 reaper of its own; the server's file is hidden; /tmp is fresh; no capability left
+    assert first.stdout == second.stdout == "2 1 65534 /sandbox ['main.py'] []\n['0000000000000000']\n"
+    assert bsb.server_starts == 1 and bsb.limits_enforced["memory"].startswith("rlimit_as")
+
+
+@needs_bwrap
+def test_python_state_does_not_leak_between_runs(bsb):
+    first = bsb.run(
+        "import builtins, json, os, random, sys\n"
+        "builtins.LEAK = 1; LEAK_GLOBAL = 2; json.dumps = lambda *a: 'patched'\n"
+        "sys.modules['planted'] = json; os.environ['PLANTED'] = '1'; sys.path.insert(0, '/nowhere')\n"
+        "print(random.random())"
+    )
+    assert first.ok, first.stderr
+    second = bsb.run(
+        "import builtins, json, os, random, sys\n"
+        "print(hasattr(builtins, 'LEAK'), 'LEAK_GLOBAL' in globals(), json.dumps([1]), 'planted' in sys.modules,\n"
+        "      'PLANTED' in os.environ, '/nowhere' in sys.path, __name__, __file__, sys.argv)\n"
+        "print(random.random())"
+    )
+    lines = second.stdout.splitlines()
+    assert lines[0] == "False False [1] False False False __main__ /.aligngym/main.py ['/.aligngym/main.py']"
+    assert lines[1] != first.stdout.strip()  # every run gets a freshly seeded random
+
+
+@needs_bwrap
+def test_program_semantics_match_one_shot_runs(bsb):
+    programs = [
+        "import sys; sys.exit(3)",
+        "import sys; sys.exit('bye')",
+        "raise SystemExit",
+        "def f():\n    raise ValueError('deep')\nf()",
+        "x = (",
+        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+        "import inspect\ndef f():\n    return 1\nprint(inspect.getsource(f), end='')",
+        "import atexit, threading, time\natexit.register(print, 'atexit')\n"
+        "threading.Thread(target=lambda: (time.sleep(0.1), print('thread'))).start()",
+        "class A:\n    def __del__(self):\n        print('del')\na = A()\nf = open('unclosed.txt', 'w')\nf.write('kept')",
+        "print(open('unclosed.txt').read()); import sys; print(sys.stdin.read(), sys.stdin.isatty())",
+        "import sys; print(sys.stdout.encoding, sys.stdout.errors, sys.stderr.errors, sys.stdin.errors)",
+        "print('\\u00e9', end=''); import sys; sys.stdout.write('x' * 70000)",
+        "echo $0 $#; read line; echo got $line; kill -TERM $$",
+        "import sys, os; os.makedirs(os.path.expanduser('~/.local/lib/python%d.%d/site-packages' % sys.version_info[:2]),"
+        " exist_ok=True)",
+        "import sys, __main__; print([p for p in sys.path if 'site-packages' in p or p.startswith('/s')],"
+        " type(__main__.__loader__).__name__, __spec__)",
+    ]
+    with _make("oneshot") as oneshot:
+        for code in programs:
+            language = "bash" if code.startswith("echo") else "python"
+            got, want = bsb.run(code, language, stdin="in"), oneshot.run(code, language, stdin="in")
+            assert (got.status, got.exit_code, got.stdout, got.stderr) == (
+                want.status,
+                want.exit_code,
+                want.stdout,
+                want.stderr,
+            ), code
+
+
+@needs_bwrap
+def test_a_setsid_daemon_dies_when_its_run_ends(bsb):
+    marker = f"agym-daemon-{uuid.uuid4().hex}"
+    code = f"""
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.closerange(0, 100)  # a real daemon: it holds none of the run's pipes
+        os.execv("/bin/sh", ["/bin/sh", "-c", "trap '' TERM HUP; sleep 30", "{marker}"])
+    os._exit(0)
+while not any(b"{marker}" in open(f"/proc/{{p}}/cmdline", "rb").read() for p in os.listdir("/proc") if p.isdigit()):
+    time.sleep(0.01)
+print("started")
+"""
+    r = bsb.run(code)
+    assert (r.status, r.stdout) == ("ok", "started\n"), r.stderr
+    assert _processes_with(marker) == []
+    # nothing of the sandbox is left but bwrap and the server
+    left = _sandbox_processes(bsb)
+    assert len(left) == 3 and all("forkserver.py" in cmd for cmd in left), left
+
+
+@needs_bwrap
+def test_server_killed_from_the_host_is_restarted(bsb):
+    assert bsb.run("print(1)").ok
+    results = []
+    code = "import time; open('started', 'w').close(); time.sleep(20)"
+    runner = threading.Thread(target=lambda: results.append(bsb.run(code, timeout=30)))
+    runner.start()
+    deadline = time.monotonic() + 10
+    while not os.path.exists(os.path.join(bsb.workdir, "started")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(_server_python_pid(bsb), signal.SIGKILL)
+    runner.join(10)
+    # the run in flight reports the crash; the next run starts a fresh server and succeeds
+    assert [r.status for r in results] == ["sandbox_error"] and "server stopped" in results[0].stderr
+    assert bsb.run("print(2)").stdout == "2\n" and bsb.server_starts == 2
+    os.kill(_server_python_pid(bsb), signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while bsb._server is not None and bsb._server.alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert bsb.run("print(3)").stdout == "3\n" and bsb.server_starts == 3  # a death noticed before a run
+
+
+@needs_bwrap
+def test_stdin_delivered_whole_or_empty(bsb):
+    data = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    r = bsb.run("import sys, hashlib; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())", stdin=data)
+    assert r.stdout.strip() == hashlib.sha256(data).hexdigest()
+    assert bsb.run("import sys; print(repr(sys.stdin.read()))").stdout == "''\n"
+    assert bsb.run("cat; echo", language="bash", stdin="hello").stdout == "hello\n"
+
+
+@needs_bwrap
+def test_concurrent_runs_on_one_sandbox_are_parallel_and_independent(bsb):
+    async def main():
+        start = time.monotonic()
+        slow = [bsb.arun(f"import os, time; time.sleep(0.5); print(os.getpid(), {i})") for i in range(6)]
+        stuck = bsb.arun("while True: pass", timeout=0.3)
+        results = await asyncio.gather(stuck, *slow)
+        return results, time.monotonic() - start
+
+    (stuck, *slow), elapsed = asyncio.run(main())
+    assert stuck.status == "timeout"
+    assert [r.stdout for r in slow] == [f"2 {i}\n" for i in range(6)]
+    assert elapsed < 2.5  # six 0.5 s runs one after another would take 3 s
+
+
+@needs_bwrap
+def test_unsupported_fork_server_falls_back_to_one_shot(monkeypatch):
+    def refuse(self, timeout):
+        raise forkserver_mod.ServerUnsupported("no user namespaces here")
+
+    monkeypatch.setattr(forkserver_mod.ForkServer, "start", refuse)
+    monkeypatch.setattr(local_mod, "_fork_server_unsupported", None)
+    sandbox = make_sandbox("local", use_bwrap=True, timeout=5)
+    try:
+        with pytest.warns(RuntimeWarning, match="fresh bwrap"):
+            r = sandbox.run("print(1)")
+        assert r.ok and not sandbox.fork_server and sandbox.limits_enforced["pids"] == "rlimit_nproc"
+        with make_sandbox("local", use_bwrap=True) as later:  # remembered for the rest of the process
+            assert not later.fork_server
+    finally:
+        sandbox.close()
+
+
+@needs_bwrap
+def test_an_unreferenced_sandbox_closes_itself():
+    sandbox = _make(True)
+    assert sandbox.run("print(1)").ok  # its server (and the server's reader thread) is running
+    bwrap_pid, workdir, live = sandbox._server.pid, sandbox.workdir, live_sandboxes()
+    del sandbox  # no close(): reference counting alone must reclaim it
+    assert live_sandboxes() == live - 1 and not os.path.exists(workdir)
+    assert not os.path.exists(f"/proc/{bwrap_pid}")

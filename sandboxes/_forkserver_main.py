@@ -1,0 +1,418 @@
+"""The fork server: a warm interpreter inside bubblewrap that forks one pristine copy of itself per run.
+
+Started as a script (stdlib only, never imported by the host): ``python forkserver.py CTL_FD CONFIG_JSON``.
+CTL_FD is a SOCK_SEQPACKET socket to the host. Messages are one byte of kind plus JSON:
+
+* host -> server ``R`` starts a run; it carries, as SCM_RIGHTS, the code (a sealed memfd), the stdout and
+  stderr pipes, and the stdin memfd when there is one. ``K`` kills a run.
+* server -> host ``H`` (hello, once: whether per-run namespaces work) and ``X`` (a run ended; all of its
+  processes are gone).
+
+Per run the server forks C, which enters a new user, pid, mount and IPC namespace, mounts a fresh /tmp,
+/dev/shm and a read-only /.aligngym holding the program file, then forks I (pid 1 of the new pid namespace)
+and exits. I forks P, which drops every capability, sets the run's rlimits and runs the code; I exits with
+P's status. The kernel kills everything left in a pid namespace when its pid 1 exits and lets I's parent
+(the server, a child subreaper) reap I only after they are all gone, so ``X`` means the whole tree is dead.
+
+Unlike fresh interpreters, the runs of one server share its hash seed (str hashes, set order), a preloaded
+stdlib module wins over a same-named file in the working directory, and at exit only the program's own
+``__main__`` objects are released, not every module (see ``_finish``).
+"""
+
+import atexit
+import builtins
+import ctypes
+import gc
+import importlib
+import importlib.machinery
+import io
+import json
+import os
+import resource
+import selectors
+import signal
+import site
+import socket
+import sys
+import threading
+import types
+from typing import Any, NoReturn
+
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x20000, 0x8000000, 0x10000000, 0x20000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT = 1, 2, 4, 32
+PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 4, 24, 36, 38
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+CODE_DIR = "/.aligngym"
+SANDBOX_DIR = "/sandbox"
+PROGRAM = {"python": CODE_DIR + "/main.py", "bash": CODE_DIR + "/main.sh"}
+# Imported once here so runs start with them warm; the standard library only, never the working directory.
+PRELOAD = (
+    "abc", "argparse", "ast", "base64", "bisect", "collections", "contextlib", "copy", "dataclasses",
+    "datetime", "decimal", "enum", "fractions", "functools", "hashlib", "heapq", "inspect", "itertools",
+    "json", "math", "operator", "pathlib", "random", "re", "string", "struct", "textwrap", "time",
+    "traceback", "typing",
+)  # fmt: skip
+
+_libc = ctypes.CDLL(None, use_errno=True)
+Job = dict[str, Any]  # a run request: id, language, rlimits, whether stdin is given
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _prctl(option: int, arg: int = 0) -> None:
+    _check(_libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl({option})")
+
+
+def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    args = (source.encode(), target.encode(), fstype.encode() if fstype else None)
+    _check(_libc.mount(*args, ctypes.c_ulong(flags), data.encode() if data else None), f"mount {target}")
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _drop_capabilities() -> None:
+    """Empty the bounding, ambient, effective, permitted and inheritable sets (P is root of its userns)."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        _prctl(PR_CAPBSET_DROP, cap)
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient caps")
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    _check(_libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
+
+
+class Server:
+    """The control loop: spawn runs, kill them on request, report their ends."""
+
+    def __init__(self, ctl_fd: int, config: dict[str, Any]):
+        self.ctl = socket.socket(fileno=ctl_fd)
+        self.config = config
+        self.selector = selectors.DefaultSelector()
+        self.runs = {}  # run id -> (pid of the run's init, pidfd)
+
+    def send(self, kind: bytes, body: dict[str, Any]) -> None:
+        self.ctl.send(kind + json.dumps(body).encode())
+
+    def start(self) -> Job | None:
+        """Prepare, probe and serve; returns the job only in a forked program, None when the host is gone."""
+        os.chdir("/")
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)  # a run's init is reparented here when C exits
+        _prctl(PR_SET_DUMPABLE, 0)  # runs share our uid: no ptrace or /proc/PID/mem into the server
+        for name in PRELOAD:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
+        gc.collect()
+        gc.freeze()  # forked runs then share these pages instead of touching them in every collection
+        outcome = self.probe()
+        if isinstance(outcome, dict):
+            return outcome  # this is the probe's own (empty) program
+        if outcome != "ok":
+            self.send(b"H", {"ok": False, "error": outcome})
+            return None
+        self.send(b"H", {"ok": True, "pid": os.getpid()})
+        self.selector.register(self.ctl, selectors.EVENT_READ)
+        return self.serve()
+
+    def probe(self) -> Job | str:
+        """Run an empty program through the real path: "ok", why that failed, or (in the probe) its job."""
+        code = os.memfd_create("probe")
+        null = os.open(os.devnull, os.O_WRONLY)
+        err_r, err_w = os.pipe()
+        job = {"id": 0, "language": "python", "rlimits": {}, "stdin": False}
+        spawned = self.spawn(job, [code, null, err_w])
+        if spawned[0] == "job":
+            return spawned[1]  # this is the probe program itself
+        if spawned[0] == "error":
+            os.close(err_r)
+            return spawned[1]
+        _, status = os.waitpid(spawned[1], 0)
+        os.set_blocking(err_r, False)
+        try:
+            stderr = os.read(err_r, 4096).decode(errors="replace")
+        except BlockingIOError:
+            stderr = ""
+        os.close(err_r)
+        return "ok" if status == 0 else f"probe run failed ({status}): {stderr}"
+
+    def serve(self) -> Job:
+        while True:
+            for key, _ in self.selector.select():
+                if key.fileobj is self.ctl:
+                    job = self.on_message()
+                    if job is not None:
+                        return job
+                else:
+                    self.reap(key.fd)
+
+    def on_message(self) -> Job | None:
+        try:
+            data, fds, _, _ = socket.recv_fds(self.ctl, 1 << 16, 8)
+        except OSError:
+            data, fds = b"", []
+        if not data:  # the host closed the sandbox: take every run with us
+            for pid, _ in self.runs.values():
+                os.kill(pid, signal.SIGKILL)
+            os._exit(0)
+        kind, body = data[:1], json.loads(data[1:])
+        if kind == b"K":
+            run = self.runs.get(body["id"])
+            if run is not None:
+                os.kill(run[0], signal.SIGKILL)  # pid 1 of the run's namespace: the kernel takes the rest
+            return None
+        spawned = self.spawn(body, fds)
+        if spawned[0] == "job":
+            return spawned[1]
+        if spawned[0] == "error":
+            self.send(b"X", {"id": body["id"], "error": spawned[1]})
+            return None
+        pidfd = os.pidfd_open(spawned[1])
+        self.runs[body["id"]] = (spawned[1], pidfd)
+        self.selector.register(pidfd, selectors.EVENT_READ, body["id"])
+        return None
+
+    def reap(self, pidfd: int) -> None:
+        run_id = self.selector.get_key(pidfd).data
+        self.selector.unregister(pidfd)
+        pid, _ = self.runs.pop(run_id)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        self.send(b"X", {"id": run_id, "code": code if code >= 0 else 128 - code})
+
+    # -- one run ----------------------------------------------------------------------------------------
+    def spawn(self, job: Job, fds: list[int]) -> tuple[str, Any]:
+        """("pid", init pid) or ("error", text) in the server; ("job", job) in the run's program."""
+        r, w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for fd in (*fds, r, w):
+                os.close(fd)
+            return ("error", f"fork failed: {exc}")
+        if pid == 0:
+            try:
+                os.close(r)
+                return ("job", self.enter_namespaces(job, fds, w))
+            except BaseException as exc:
+                try:
+                    os.write(w, b"E" + f"run setup failed: {type(exc).__name__}: {exc}".encode())
+                finally:
+                    os._exit(127)
+        os.close(w)
+        for fd in fds:
+            os.close(fd)
+        report = os.read(r, 4096)
+        os.close(r)
+        os.waitpid(pid, 0)
+        if report[:1] == b"P":
+            return ("pid", int(report[1:]))
+        return ("error", report[1:].decode(errors="replace") or "run setup died")
+
+    def enter_namespaces(self, job: Job, fds: list[int], report_fd: int) -> Job:
+        """In C: new namespaces and private mounts, then fork the run's init and report its pid."""
+        uid, gid = os.getuid(), os.getgid()
+        _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC), "unshare")
+        _prctl(PR_SET_DUMPABLE, 1)  # /proc/self of a non-dumpable process belongs to root: no map writes
+        for name, text in (
+            ("setgroups", "deny"),
+            ("uid_map", f"{uid} {uid} 1"),
+            ("gid_map", f"{gid} {gid} 1"),
+        ):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+        _prctl(PR_SET_DUMPABLE, 0)  # the run's init, forked below, must not be ptraced by the program
+        size = self.config["tmp_bytes"]
+        for target in ("/tmp", "/dev/shm"):
+            _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+        code = _read_all(fds[0])
+        # Hides the server's own file too; the program file gets the path a one-shot run would give it.
+        _mount("tmpfs", CODE_DIR, "tmpfs", MS_NOSUID | MS_NODEV, f"size={len(code) + 65536},mode=0755")
+        with open(PROGRAM[job["language"]], "wb") as f:
+            f.write(code)
+        _mount("none", CODE_DIR, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+        pid = os.fork()
+        if pid == 0:
+            os.close(report_fd)
+            return self.be_init(job, fds)
+        os.write(report_fd, b"P%d" % pid)
+        os._exit(0)
+
+    def be_init(self, job: Job, fds: list[int]) -> Job:
+        """In I (pid 1): fork the program, reap whatever reaches us, exit with the program's status."""
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # pid 1 then ignores every signal its namespace sends
+        program = os.fork()
+        if program == 0:
+            return self.be_program(job, fds)
+        os.closerange(0, os.sysconf("SC_OPEN_MAX"))
+        while True:
+            pid, status = os.waitpid(-1, 0)
+            if pid == program:
+                code = os.waitstatus_to_exitcode(status)
+                os._exit(code if code >= 0 else 128 - code)
+
+    def be_program(self, job: Job, fds: list[int]) -> Job:
+        """In P: a new session, no capabilities, the run's stdio, directory, environment and rlimits."""
+        try:
+            self.selector.close()
+            self.ctl.close()
+            os.setsid()
+            _prctl(PR_SET_DUMPABLE, 1)
+            _drop_capabilities()
+            stdin = fds[3] if job["stdin"] else os.open(os.devnull, os.O_RDONLY)
+            for target, fd in enumerate((stdin, fds[1], fds[2])):
+                os.dup2(fd, target)
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            os.chdir(SANDBOX_DIR)
+            os.environ.clear()
+            os.environ.update(self.config["env"])
+            for name, value in job["rlimits"].items():
+                which = getattr(resource, "RLIMIT_" + name.upper())
+                hard = resource.getrlimit(which)[1]
+                value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+                resource.setrlimit(which, (value, value))
+            if job["language"] == "bash":
+                for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)  # what a shell started by subprocess would get
+                bash = self.config["bash"]
+                os.execve(bash, [bash, PROGRAM["bash"]], os.environ)
+            return job
+        except BaseException as exc:
+            try:
+                os.write(
+                    2,
+                    f"aligngym fork server: the program could not start: {type(exc).__name__}: {exc}\n".encode(),
+                )
+            finally:
+                os._exit(127)
+
+
+def _stdio(fd: int, like: io.TextIOWrapper, write: bool) -> io.TextIOWrapper:
+    """A fresh ``sys.std*`` for ``fd``, built the way interpreter startup built ``like``."""
+    raw = io.FileIO(fd, "wb" if write else "rb", closefd=False)
+    raw.name = like.buffer.raw.name if isinstance(like.buffer, io.BufferedIOBase) else like.buffer.name
+    if write and isinstance(like.buffer, io.FileIO):
+        buf = raw  # unbuffered (PYTHONUNBUFFERED)
+    else:
+        buf = io.BufferedWriter(raw) if write else io.BufferedReader(raw)
+    text = io.TextIOWrapper(
+        buf,
+        encoding=like.encoding,
+        errors=like.errors,
+        newline="\n",
+        line_buffering=like.line_buffering,
+        write_through=like.write_through,
+    )
+    text.mode = "w" if write else "r"
+    return text
+
+
+def _exit_status(exc: SystemExit) -> int:
+    """The exit status CPython gives an uncaught ``SystemExit``, printing a non-integer code like it does."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        print(code, file=sys.stderr)
+    except Exception:
+        pass
+    return 1
+
+
+def _flush_std(status: int) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            status = 120  # what CPython exits with when it cannot flush stdout/stderr at exit
+    return status
+
+
+def _finish(status: int, main: types.ModuleType) -> NoReturn:
+    """Exit like the interpreter does, minus module teardown (in a forked child it copies every page)."""
+    # Py_FinalizeEx's order: non-daemon threads, atexit, flush; then the program's own objects go (their
+    # destructors run, their files flush). Only objects held solely by other modules' globals are not freed.
+    try:
+        threading._shutdown()
+    except BaseException:
+        pass
+    atexit._run_exitfuncs()
+    status = _flush_std(status)
+    main.__dict__.clear()
+    gc.collect()
+    os._exit(_flush_std(status))
+
+
+def _add_user_site() -> None:
+    """The user site directory (under the run's HOME) where startup would have put it, if it exists."""
+    if not site.ENABLE_USER_SITE:
+        return
+    site.USER_BASE = site.USER_SITE = None  # computed at server start, with the server's HOME
+    user_site = site.getusersitepackages()
+    if os.path.isdir(user_site):
+        system = set(site.getsitepackages())
+        index = next((i for i, p in enumerate(sys.path) if p in system), len(sys.path))
+        known = len(sys.path)
+        site.addsitedir(user_site)  # appends it (and what its .pth files add): move them before the system's
+        added = sys.path[known:]
+        del sys.path[known:]
+        sys.path[index:index] = added
+
+
+def run_python(config: dict[str, Any]) -> NoReturn:
+    """In P: run the program file as ``__main__`` the way ``python main.py`` would, then exit."""
+    path = PROGRAM["python"]
+    sys.stdin = sys.__stdin__ = _stdio(0, sys.__stdin__, False)
+    sys.stdout = sys.__stdout__ = _stdio(1, sys.__stdout__, True)
+    sys.stderr = sys.__stderr__ = _stdio(2, sys.__stderr__, True)
+    pythonpath = [p for p in config["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[1:1] = pythonpath  # where PYTHONPATH goes; the server itself never searched the working dir
+    _add_user_site()
+    sys.argv[:] = [path]
+    sys.orig_argv[:] = [sys.executable, path]
+    importlib.invalidate_caches()
+    main = types.ModuleType("__main__")
+    main.__file__, main.__cached__, main.__builtins__ = path, None, builtins
+    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
+    sys.modules["__main__"] = main
+    status = 0
+    try:
+        with open(path, "rb") as f:
+            source = f.read()
+        exec(compile(source, path, "exec", dont_inherit=True), main.__dict__)
+    except SystemExit as exc:
+        status = _exit_status(exc)
+    except BaseException as exc:
+        tb = exc.__traceback__.tb_next if exc.__traceback__ else None  # our own frame is not the program's
+        sys.excepthook(type(exc), exc.with_traceback(tb), tb)
+        status = 130 if isinstance(exc, KeyboardInterrupt) else 1  # 130: as a SIGINT death is reported
+        del exc, tb
+    _finish(status, main)
+
+
+def main() -> None:
+    config = json.loads(sys.argv[2])
+    ctl_fd = int(sys.argv[1])
+    # Nothing else the host or bwrap left open (the user-namespace fd, for one) may reach a run.
+    os.closerange(3, ctl_fd)
+    os.closerange(ctl_fd + 1, os.sysconf("SC_OPEN_MAX"))
+    job = Server(ctl_fd, config).start()
+    if job is not None:
+        run_python(config)
+
+
+if __name__ == "__main__":
+    main()
