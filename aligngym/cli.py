@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("--min-margin", type=float, default=0.1, help="least reward gap (default 0.1)")
     pa.add_argument("--max-pairs-per-prompt", type=int, default=4, help="most pairs per prompt (default 4)")
 
+    sx = sub.add_parser("sandbox", help="sandbox backends: build the docker image")
+    sx_sub = sx.add_subparsers(dest="sandbox_command", required=True, metavar="SUBCOMMAND")
+    bu = sx_sub.add_parser("build", help="build the docker sandbox image here (debootstrap, no registry)")
+    bu.add_argument("--python", default="3.11", help="3.11 (Debian bookworm) or 3.13 (trixie); default 3.11")
+    bu.add_argument("--packages", default="", help="comma-separated pip packages (wheels), e.g. numpy,sympy")
+    bu.add_argument("--tag", default="aligngym-sandbox:latest", help="image tag (default %(default)s)")
+    bu.add_argument("--rebuild", action="store_true", help="build even when the image is up to date")
+
     tr = sub.add_parser("train", help="train a policy from environment rewards (TRL)")
     tr.add_argument("config", metavar="CONFIG.yaml", help="training config (see examples/quickstart.yaml)")
     tr.add_argument("--output-dir", help="overrides output_dir of the config")
@@ -216,6 +224,17 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sandbox_build(args: argparse.Namespace) -> int:
+    from aligngym.sandboxes import SandboxError, build_image
+
+    packages = [p.strip() for p in args.packages.split(",") if p.strip()]
+    try:
+        build_image(args.tag, python=args.python, packages=packages, rebuild=args.rebuild)
+    except (SandboxError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aligngym`` command."""
     args = _parser().parse_args(argv)
@@ -226,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_rollout(args))
         if args.command == "pairs":
             return _cmd_pairs(args)
+        if args.command == "sandbox":
+            return _cmd_sandbox_build(args)
         return _cmd_train(args)
     except UsageError as exc:
         print(f"aligngym: error: {exc}", file=sys.stderr)

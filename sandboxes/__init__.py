@@ -1,4 +1,5 @@
-"""Sandboxes where untrusted (model-written) code runs: ``make_sandbox("local")`` uses bubblewrap on this machine.
+"""Sandboxes where untrusted (model-written) code runs: ``make_sandbox("local")`` uses bubblewrap on this machine,
+``make_sandbox("docker")`` a locked-down container (image from ``build_image``).
 
 >>> with make_sandbox("local", timeout=10) as sb:
 ...     sb.run("print(1)").stdout
@@ -6,16 +7,27 @@
 """
 
 from .base import RunResult, Sandbox, SandboxConfig, SandboxError
+from .docker_backend import DockerPool, DockerSandbox, reap_orphans
+from .docker_image import build_image, ensure_image
 from .factory import BACKENDS, make_sandbox
 from .local import LocalSandbox, bwrap_available
+from .pool import SandboxPool, get_pool, set_max_sandboxes
 
 __all__ = [
     "BACKENDS",
+    "DockerPool",
+    "DockerSandbox",
     "LocalSandbox",
     "RunResult",
     "Sandbox",
     "SandboxConfig",
     "SandboxError",
+    "SandboxPool",
+    "build_image",
     "bwrap_available",
+    "ensure_image",
+    "get_pool",
     "make_sandbox",
+    "reap_orphans",
+    "set_max_sandboxes",
 ]

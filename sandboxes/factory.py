@@ -6,12 +6,14 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from .base import Sandbox, SandboxConfig, SandboxError
+from .base import Sandbox, SandboxConfig
 from .local import LocalSandbox
 
 
 def _docker(config: SandboxConfig) -> Sandbox:
-    raise SandboxError("docker backend not available yet; use make_sandbox('local')")
+    from .docker_backend import DockerSandbox  # imported on use: the docker SDK is not needed for "local"
+
+    return DockerSandbox(config)
 
 
 #: Backend name -> constructor taking a ``SandboxConfig``; adding a backend is one entry here.

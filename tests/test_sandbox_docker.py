@@ -41,7 +41,9 @@ def _daemon_up() -> bool:
 
 pytestmark = [
     pytest.mark.docker,
-    pytest.mark.skipif(not _daemon_up(), reason="no Docker daemon (docker info fails); start one: .ci/dockerd.sh"),
+    pytest.mark.skipif(
+        not _daemon_up(), reason="no Docker daemon (docker info fails); start one: .ci/dockerd.sh"
+    ),
 ]
 
 
@@ -133,7 +135,9 @@ def test_cancelled_arun_kills_its_program(sb):
 def test_concurrent_arun_with_gather(sb):
     async def main():
         start = time.monotonic()
-        results = await asyncio.gather(*(sb.arun(f"import time; time.sleep(0.6); print({i})") for i in range(4)))
+        results = await asyncio.gather(
+            *(sb.arun(f"import time; time.sleep(0.6); print({i})") for i in range(4))
+        )
         return results, time.monotonic() - start, sb.run("print('nested')")
 
     results, elapsed, nested = asyncio.run(main())
@@ -224,7 +228,15 @@ def test_host_environment_not_visible(image, monkeypatch):
     with make_sandbox("docker", env={"EXTRA": "yes"}) as sandbox:
         r = sandbox.run("import os; print(sorted(os.environ)); print(os.environ['EXTRA'])")
         keys = set(ast.literal_eval(r.stdout.splitlines()[0])) - {"PWD", "LC_CTYPE"}
-        assert keys == {"PATH", "HOME", "LANG", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PYTHONPATH", "EXTRA"}
+        assert keys == {
+            "PATH",
+            "HOME",
+            "LANG",
+            "PYTHONDONTWRITEBYTECODE",
+            "PYTHONUNBUFFERED",
+            "PYTHONPATH",
+            "EXTRA",
+        }
         assert r.stdout.splitlines()[1] == "yes"
         assert "hunter2" not in sandbox.run("cat /proc/1/environ; env", language="bash").stdout
 
@@ -407,7 +419,9 @@ def test_reaper_after_kill_9_of_the_owner(image, client):
 def test_reaper_checks_the_start_time_against_pid_reuse(image, client):
     labels = backend.owner_labels()
     command = ["python3", "-c", "pass"]
-    reused = client.api.create_container(image, command, labels={**labels, "aligngym.owner_start": "x:1"})["Id"]
+    reused = client.api.create_container(image, command, labels={**labels, "aligngym.owner_start": "x:1"})[
+        "Id"
+    ]
     live = client.api.create_container(image, command, labels=labels)["Id"]
     try:
         reap_orphans(client)
@@ -425,7 +439,9 @@ def test_warm_run_latency(sb):
         assert sb.run("print(1)").ok
         times.append(time.monotonic() - start)
     times.sort()
-    print(f"\ndocker warm print(1): median {statistics.median(times) * 1000:.1f} ms, max {times[-1] * 1000:.1f} ms")
+    print(
+        f"\ndocker warm print(1): median {statistics.median(times) * 1000:.1f} ms, max {times[-1] * 1000:.1f} ms"
+    )
 
 
 def test_factory_builds_docker_sandboxes(image):

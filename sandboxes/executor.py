@@ -1,0 +1,451 @@
+"""The docker sandbox's in-container executor: runs programs on request, speaking length-prefixed JSON on stdio.
+
+Started as the container's pid 1 by ``python3 -I -S -c <this file>``; stdlib only, Python >= 3.8, so it
+runs in any image with a ``python3``. Requests and replies are a 4-byte big-endian length and a JSON object.
+"""
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import stat
+import struct
+import sys
+import time
+
+ROOT = "/sandbox"
+CODE_DIR = "/tmp/.aligngym-code"
+CHUNK = 65536
+GRACE_S = 1.0
+SUFFIX = {"python": ".py", "bash": ".sh"}
+RUNNER = {"python": "python3", "bash": "bash"}
+MEMORY_MARKERS = (b"memoryerror", b"cannot allocate memory", b"out of memory", b"bad_alloc")
+OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+# Used where util-linux's prlimit is missing: applies "NAME=VALUE,..." and execs the rest of argv.
+RLIMIT_SHIM = (
+    "import os,resource,sys\n"
+    "for item in filter(None, sys.argv[1].split(',')):\n"
+    "    name, value = item.split('=')\n"
+    "    resource.setrlimit(getattr(resource, 'RLIMIT_' + name.upper()), (int(value), int(value)))\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+class Refused(Exception):
+    """A file request the sandbox refuses; ``kind`` tells the host which exception to raise."""
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
+
+
+def make_undumpable():
+    """PR_SET_DUMPABLE 0: programs (same uid) can then neither ptrace us nor open /proc/1/fd (our channel)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) == 0
+    except Exception:
+        return False
+
+
+def oom_kills():
+    """The container cgroup's OOM-kill counter (cgroup v2 or v1), None where it cannot be read."""
+    for path in OOM_FILES:
+        try:
+            with open(path) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def resolve(path):
+    """The absolute path of ``path`` after refusing absolute paths, '..' and symlinks leading out of ROOT."""
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise Refused("invalid", f"invalid sandbox path {path!r}")
+    if path.startswith("/") or ".." in path.split("/"):
+        raise Refused(
+            "escape", f"{path!r} escapes the sandbox: paths are relative to the working directory, no '..'"
+        )
+    full = os.path.realpath(os.path.join(ROOT, path))
+    if not full.startswith(ROOT + "/"):
+        raise Refused("escape", f"{path!r} resolves outside the sandbox working directory (a symlink?)")
+    return full
+
+
+def write_files(files, max_bytes):
+    for path, encoded in files:
+        data = base64.b64decode(encoded)
+        if len(data) > max_bytes:
+            raise Refused("too_large", f"{path!r} is over the {max_bytes}-byte file limit")
+        full = resolve(path)
+        os.makedirs(os.path.dirname(full), 0o755, exist_ok=True)
+        # O_NOFOLLOW: a symlink swapped in after the check is refused; O_NONBLOCK: a planted FIFO cannot hang us.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(full, flags, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            if not _is_regular(f.fileno()):
+                raise Refused("not_regular", f"{path!r} is not a regular file")
+            f.write(data)
+    return {}
+
+
+def read_file(path, max_bytes):
+    full = resolve(path)
+    fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not _is_regular(f.fileno()):
+            raise Refused("not_regular", f"{path!r} is not a regular file")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise Refused("too_large", f"{path!r} is over the {max_bytes}-byte file limit")
+    return {"data": base64.b64encode(data).decode()}
+
+
+def _is_regular(fd):
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+def exit_code(status):
+    """A waitpid status as a return code, negative for a signal (as subprocess reports it)."""
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def processes():
+    """pid -> (state, ppid, pgrp, session) for every process in this pid namespace."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2 :].split()
+        found[int(name)] = (fields[0], int(fields[1]), int(fields[2]), int(fields[3]))
+    return found
+
+
+def kill_group(pgid):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+class Executor:
+    """Pid 1 of a sandbox container: spawns runs, reaps every process, kills what finished runs leave."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.children = {}  # pid -> future of its return code
+        self.roots = set()  # pids (and session ids) of runs in flight
+        self.tasks = {}  # request id -> task of a run
+        self.prlimit = shutil.which("prlimit")
+
+    def send(self, message):
+        data = json.dumps(message).encode()
+        self.transport.write(struct.pack(">I", len(data)) + data)
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            future = self.children.pop(pid, None)
+            if future is not None and not future.done():
+                future.set_result(exit_code(status))
+
+    def _protected(self, pid, table):
+        """Whether ``pid`` belongs to a run still in flight (same session, or a descendant of its root)."""
+        seen = 0
+        while pid > 1 and seen < 4096:
+            if pid in self.roots or table.get(pid, (0, 0, 0, 0))[3] in self.roots:
+                return True
+            pid, seen = table.get(pid, (0, 0))[1], seen + 1
+        return False
+
+    def sweep(self):
+        """SIGKILL every process except pid 1 and runs in flight: what escaped a finished run (setsid, double fork)."""
+        for _ in range(200):
+            table = processes()
+            victims = [
+                pid
+                for pid, (state, _, _, _) in table.items()
+                if pid != 1 and state != b"Z" and not self._protected(pid, table)
+            ]
+            if not victims:
+                return
+            for pid in victims:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.002)
+            self.reap()
+
+    def dispatch(self, request):
+        op, rid = request.get("op"), request.get("id")
+        if op == "run":
+            task = asyncio.ensure_future(self.run_and_reply(request))
+            self.tasks[rid] = task
+            task.add_done_callback(lambda _: self.tasks.pop(rid, None))
+        elif op == "cancel":
+            task = self.tasks.get(request.get("target"))
+            if task is not None:
+                task.cancel()
+        elif op in ("write", "read", "ping"):
+            try:
+                if op == "write":
+                    reply = write_files(request["files"], request["max_bytes"])
+                elif op == "read":
+                    reply = read_file(request["path"], request["max_bytes"])
+                else:
+                    reply = {}
+            except Refused as exc:
+                reply = {"error": {"kind": exc.kind, "message": str(exc)}}
+            except FileNotFoundError as exc:
+                reply = {"error": {"kind": "not_found", "message": str(exc)}}
+            except OSError as exc:
+                reply = {"error": {"kind": "os", "message": str(exc)}}
+            reply["id"] = rid
+            self.send(reply)
+
+    async def run_and_reply(self, request):
+        try:
+            reply = await self.run(request)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            reply = {"status": "sandbox_error", "stderr": _b64(f"executor failed: {exc!r}".encode())}
+        reply["id"] = request["id"]
+        self.send(reply)
+
+    def _argv(self, request, code_file, env):
+        limits = {"cpu": int(request["timeout"]) + 2, "fsize": request["fsize"], "core": 0}
+        runner = shutil.which(RUNNER[request["language"]], path=env["PATH"]) or RUNNER[request["language"]]
+        if self.prlimit:
+            prefix = [self.prlimit] + [f"--{k}={v}" for k, v in limits.items()] + ["--"]
+        else:
+            spec = ",".join(f"{k}={v}" for k, v in limits.items())
+            prefix = [sys.executable, "-S", "-c", RLIMIT_SHIM, spec]
+        return prefix + [runner, code_file]
+
+    async def run(self, request):
+        loop = asyncio.get_running_loop()
+        env = {
+            "PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin",
+            "HOME": ROOT,
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": ROOT,
+        }
+        env.update(request.get("env") or {})
+        os.makedirs(CODE_DIR, 0o700, exist_ok=True)
+        code_file = os.path.join(CODE_DIR, f"main-{request['id']}{SUFFIX[request['language']]}")
+        with open(code_file, "w", encoding="utf-8") as f:
+            f.write(request["code"])
+        stdin = base64.b64decode(request["stdin"]) if request.get("stdin") is not None else None
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        in_r, in_w = os.pipe() if stdin is not None else (os.open(os.devnull, os.O_RDONLY), None)
+        actions = [
+            (os.POSIX_SPAWN_DUP2, in_r, 0),
+            (os.POSIX_SPAWN_DUP2, out_w, 1),
+            (os.POSIX_SPAWN_DUP2, err_w, 2),
+        ]
+        argv = self._argv(request, code_file, env)
+        oom_before = oom_kills()
+        started = time.monotonic()
+        try:
+            # Python ignores SIGPIPE and SIGXFSZ; the program gets the default actions back.
+            pid = os.posix_spawn(
+                argv[0],
+                argv,
+                env,
+                file_actions=actions,
+                setsid=True,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                setsigmask=(),
+            )
+        except OSError as exc:
+            for fd in (out_r, err_r, in_w):
+                if fd is not None:
+                    os.close(fd)
+            return {"status": "sandbox_error", "stderr": _b64(f"could not start: {exc}".encode())}
+        finally:
+            for fd in (out_w, err_w, in_r):
+                os.close(fd)
+        exited = loop.create_future()
+        self.children[pid] = exited
+        self.roots.add(pid)
+        try:
+            # The OOM killer must pick the program, never the executor.
+            with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+                f.write("1000")
+        except OSError:
+            pass
+        cap = request["cap"]
+        out, err, overflow = bytearray(), bytearray(), asyncio.Event()
+        pumps = [_pump(loop, out_r, out, cap, overflow), _pump(loop, err_r, err, cap, overflow)]
+        feeder = _feed(loop, in_w, stdin) if in_w is not None else None
+        flagged = asyncio.ensure_future(overflow.wait())
+        killed = timed_out = False
+        try:
+            await asyncio.wait(
+                {exited, flagged}, timeout=request["timeout"], return_when=asyncio.FIRST_COMPLETED
+            )
+            timed_out = not exited.done() and not overflow.is_set()
+            killed = not exited.done()
+            if killed:
+                kill_group(pid)
+            await asyncio.wait({exited}, timeout=GRACE_S)
+            duration = time.monotonic() - started
+        finally:
+            self.roots.discard(pid)
+            kill_group(pid)
+            self.sweep()
+            await asyncio.wait([p for p, _ in pumps], timeout=GRACE_S)
+            for _, close in pumps + ([feeder] if feeder else []):
+                close()
+            flagged.cancel()
+            try:
+                os.unlink(code_file)
+            except OSError:
+                pass
+        rc = exited.result() if exited.done() else None
+        if rc is not None and rc < 0:
+            rc = 128 - rc  # killed by a signal: report it the way shells do
+        oom_after = oom_kills()
+        if timed_out:
+            status, rc = "timeout", None
+        elif overflow.is_set():
+            status, rc = "output_limit", None if killed else rc
+        elif rc == 128 + signal.SIGXCPU:
+            status = "timeout"  # RLIMIT_CPU
+        elif rc not in (0, None) and (
+            (oom_before is not None and oom_after is not None and oom_after > oom_before)
+            or (oom_after is None and rc == 128 + signal.SIGKILL)
+            or any(marker in bytes(err[-8192:]).lower() for marker in MEMORY_MARKERS)
+        ):
+            status = "memory"
+        else:
+            status = "ok" if rc == 0 else "error"
+        return {
+            "status": status,
+            "stdout": _b64(out),
+            "stderr": _b64(err),
+            "exit_code": rc,
+            "duration_s": duration,
+            "truncated": overflow.is_set(),
+        }
+
+
+def _b64(data):
+    return base64.b64encode(bytes(data)).decode()
+
+
+def _pump(loop, fd, buf, cap, overflow):
+    """Read ``fd`` into ``buf`` up to ``cap`` bytes (then flag the overflow); (future done at EOF, closer)."""
+    done = loop.create_future()
+    os.set_blocking(fd, False)
+
+    def on_readable():
+        try:
+            chunk = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        room = cap - len(buf)
+        if len(chunk) > room:
+            buf.extend(chunk[:room])
+            overflow.set()
+            chunk = b""
+        else:
+            buf.extend(chunk)
+        if not chunk:
+            loop.remove_reader(fd)
+            if not done.done():
+                done.set_result(None)
+
+    def close():
+        loop.remove_reader(fd)
+        os.close(fd)
+
+    loop.add_reader(fd, on_readable)
+    return done, close
+
+
+def _feed(loop, fd, data):
+    """Write ``data`` to ``fd`` without blocking, then close it; a program that never reads it is fine."""
+    view = memoryview(data)
+    os.set_blocking(fd, False)
+    state = {"open": True}
+
+    def close():
+        if state["open"]:
+            state["open"] = False
+            loop.remove_writer(fd)
+            os.close(fd)
+
+    def on_writable():
+        nonlocal view
+        try:
+            view = view[os.write(fd, view[:CHUNK]) :]
+        except BlockingIOError:
+            return
+        except OSError:
+            view = view[:0]
+        if not view:
+            close()
+
+    loop.add_writer(fd, on_writable)
+    return None, close
+
+
+async def main():
+    loop = asyncio.get_running_loop()
+    undumpable = make_undumpable()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", 0))
+    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(1, "wb", 0))
+    executor = Executor(transport)
+    loop.add_signal_handler(signal.SIGCHLD, executor.reap)
+    # The kernel drops signals that programs in the container send to pid 1 unless it handles them: with
+    # Python's SIGINT handler gone, nothing a program sends can stop the executor.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    executor.send(
+        {
+            "op": "hello",
+            "pid": os.getpid(),
+            "uid": os.getuid(),
+            "python": sys.version.split()[0],
+            "undumpable": undumpable,
+        }
+    )
+    try:
+        while True:
+            size = struct.unpack(">I", await reader.readexactly(4))[0]
+            executor.dispatch(json.loads(await reader.readexactly(size)))
+    except asyncio.IncompleteReadError:
+        pass  # the host went away: pid 1 exits and the kernel kills everything else
+    for task in list(executor.tasks.values()):
+        task.cancel()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
