@@ -450,3 +450,20 @@ def test_factory_builds_docker_sandboxes(image):
     compile(source, "executor.py", "exec")  # shipped as `python3 -c`, so it must stand alone
     with make_sandbox("docker", config=SandboxConfig(pids=9), timeout=3) as sandbox:
         assert (sandbox.config.timeout, sandbox.config.pids) == (3, 9)
+
+
+def test_cli_sandbox_build_uses_the_cached_image_and_rejects_unknown_pythons(image):
+    import subprocess
+    import sys
+
+    ok = subprocess.run(
+        [sys.executable, "-m", "aligngym", "sandbox", "build"], capture_output=True, text=True, timeout=600
+    )
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "aligngym", "sandbox", "build", "--python", "2.7"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "2.7" in bad.stderr
