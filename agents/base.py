@@ -17,6 +17,8 @@ class AgentResponse:
     logprobs: list[float] | None = None
     finish_reason: str | None = None
     usage: dict[str, int] = field(default_factory=dict)
+    #: Native tool calls (OpenAI wire format: id, type, function{name, arguments}); empty for plain text.
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 @runtime_checkable
@@ -25,8 +27,8 @@ class Agent(Protocol):
 
     name: str
 
-    async def act(self, messages: list[Message]) -> AgentResponse:
-        """Return the next assistant turn for ``messages``."""
+    async def act(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> AgentResponse:
+        """Return the next assistant turn for ``messages``; ``tools`` are OpenAI-format schemas it may call."""
         ...
 
     async def aclose(self) -> None:

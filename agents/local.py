@@ -109,9 +109,10 @@ class TransformersAgent:
         self._lock = threading.Lock()
         self._worker: asyncio.Task | None = None
 
-    async def act(self, messages: list[Message]) -> AgentResponse:
+    async def act(self, messages: list[Message], tools: list[dict] | None = None) -> AgentResponse:
         """Queue this chat for the next batched ``generate`` and wait for its turn."""
-        ids = chat_prompt_ids(self.tokenizer, messages)
+        # Tools reach the model through its chat template (text tool calls, e.g. Hermes <tool_call> tags).
+        ids = chat_prompt_ids(self.tokenizer, messages, **({"tools": tools} if tools else {}))
         future = asyncio.get_running_loop().create_future()
         self._pending.append((ids, future))
         if self._worker is None or self._worker.done():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import openai
@@ -16,9 +16,7 @@ _CLIENT_INITIAL_RETRY_DELAY = 0.5
 
 @dataclass
 class ToolCallResponse(AgentResponse):
-    """An assistant turn that calls tools: ``tool_calls`` are the wire-format dicts (id, type, function)."""
-
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    """An assistant turn that calls tools (``tool_calls`` is set); kept as a name for ``isinstance`` checks."""
 
 
 class _AsyncOpenAI(openai.AsyncOpenAI):

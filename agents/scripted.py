@@ -20,7 +20,7 @@ class ScriptedAgent:
         self.name = name
         self.calls = 0
 
-    async def act(self, messages: list[Message]) -> AgentResponse:
+    async def act(self, messages: list[Message], tools: list[dict] | None = None) -> AgentResponse:
         """The scripted reply for this point of the conversation."""
         self.calls += 1
         if callable(self.responses):

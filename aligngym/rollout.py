@@ -50,8 +50,10 @@ async def play_episode(env: Any, agent: Agent, env_id: str, episode: int, seed: 
         _, info = env.reset(seed=seed)
         traj.messages = info.get("messages", [])
         while traj.turns < MAX_TURNS_GUARD:
-            response = await agent.act(traj.messages)
-            step = await astep(response.text) if astep else env.step(response.text)
+            tools = getattr(env, "tool_schemas", None)
+            response = await (agent.act(traj.messages, tools=tools) if tools else agent.act(traj.messages))
+            action = _action(response)
+            step = await astep(action) if astep else env.step(action)
             _, reward, terminated, truncated, info = step
             traj.turns += 1
             traj.rewards.append(float(reward))
@@ -223,6 +225,13 @@ async def rollout(
         duration_s=time.perf_counter() - start,
         turns=stats["turns"],
     )
+
+
+def _action(response: Any) -> str | dict[str, Any]:
+    """What the env receives: the text, or the whole assistant message when the model made native tool calls."""
+    if getattr(response, "tool_calls", None):
+        return {"role": "assistant", "content": response.text, "tool_calls": response.tool_calls}
+    return response.text
 
 
 def _unwrapped(env: Any) -> Any:

@@ -49,6 +49,9 @@ class StepResult:
     terminated: bool = False
     components: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    #: Messages the environment adds to the chat (e.g. ``tool`` results); None means one ``user`` message
+    #: holding ``observation`` (the common case).
+    messages: list[Message] | None = None
 
 
 class TextEnv(gym.Env[str, str], abc.ABC):
@@ -62,6 +65,10 @@ class TextEnv(gym.Env[str, str], abc.ABC):
     metadata = {"render_modes": ["ansi"]}
     #: Human-readable one-liner shown by ``aligngym envs``.
     description: str = ""
+    #: OpenAI-format tool schemas the rollout sends with each request (tool-using environments set it).
+    tool_schemas: list[dict[str, Any]] | None = None
+    #: Whether ``turn`` receives assistant messages as dicts (with ``tool_calls``) instead of their text.
+    accepts_messages: bool = False
 
     def __init__(self, max_turns: int = 1, system_prompt: str | None = None, render_mode: str | None = None):
         if max_turns < 1:
@@ -102,14 +109,12 @@ class TextEnv(gym.Env[str, str], abc.ABC):
         self.messages.append({"role": "user", "content": observation})
         return observation, self._info(info, {})
 
-    def step(self, action: str) -> tuple[str, float, bool, bool, dict]:
-        self._before_turn(action)
-        return self._after_turn(self.turn(action))
+    def step(self, action: str | Message) -> tuple[str, float, bool, bool, dict]:
+        return self._after_turn(self.turn(self._before_turn(action)))
 
-    async def astep(self, action: str) -> tuple[str, float, bool, bool, dict]:
+    async def astep(self, action: str | Message) -> tuple[str, float, bool, bool, dict]:
         """Async ``step``: the rollout loop uses it so that a blocking environment does not stall others."""
-        self._before_turn(action)
-        return self._after_turn(await self.aturn(action))
+        return self._after_turn(await self.aturn(self._before_turn(action)))
 
     def render(self) -> str | None:
         if self.render_mode == "ansi":
@@ -117,13 +122,20 @@ class TextEnv(gym.Env[str, str], abc.ABC):
         return None
 
     # -- shared turn loop ---------------------------------------------------------------------------
-    def _before_turn(self, action: str) -> None:
+    def _before_turn(self, action: str | Message) -> Any:
+        """Record the assistant turn; returns what ``turn`` receives (the text, or the message for tool envs)."""
         if self._done:
             raise RuntimeError("step() called on a finished episode; call reset() first")
-        if not isinstance(action, str):
+        if isinstance(action, dict):
+            # An OpenAI-style assistant message, e.g. with native ``tool_calls`` from the server.
+            message = {**action, "role": "assistant", "content": action.get("content") or ""}
+        elif isinstance(action, str):
+            message = {"role": "assistant", "content": action}
+        else:
             raise TypeError(f"action must be a str (the assistant message), got {type(action).__name__}")
         self.turns += 1
-        self.messages.append({"role": "assistant", "content": action})
+        self.messages.append(message)
+        return message if self.accepts_messages else message["content"]
 
     def _after_turn(self, result: StepResult) -> tuple[str, float, bool, bool, dict]:
         # A single-turn task ends with its one answer: that is a terminal state, not a cut-off (and
@@ -132,7 +144,9 @@ class TextEnv(gym.Env[str, str], abc.ABC):
         terminated = bool(result.terminated) or self.max_turns == 1
         truncated = not terminated and self.turns >= self.max_turns
         self._done = terminated or truncated
-        if not self._done:
+        if result.messages is not None:
+            self.messages.extend(dict(m) for m in result.messages)
+        elif not self._done:
             self.messages.append({"role": "user", "content": result.observation})
         reward = float(result.reward)
         self.episode_reward += reward
