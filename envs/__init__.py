@@ -70,3 +70,18 @@ register(
     "aligngym.envs.model_feedback:CritiqueRefineEnv",
     description="Answer, read a critique, revise: reward = score(revision) - score(draft) (self-refine).",
 )
+register(
+    "aligngym/Terminal-v0",
+    "aligngym.envs.terminal:TerminalEnv",
+    description="Shell tasks in a sandbox (files, text, git, fix a failing test); hidden check script.",
+)
+register(
+    "aligngym/TextWorld-v0",
+    "aligngym.envs.textworld:TextWorldEnv",
+    description="Embodied text world (BabyAI-Text style): explore rooms, unlock doors and containers, reach a goal.",
+)
+register(
+    "aligngym/ToolUse-v0",
+    "aligngym.envs.tool_use:ToolUseEnv",
+    description="Answer questions with tools (search, lookup, sql, calculator, python; native or text calls).",
+)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from aligngym.feedback.unit_tests import CodeTask, UnitTestVerifier, VerifyResult
+from aligngym.sandboxes.lease import SandboxLease
 
 from .base import StepResult, TextEnv, rng_choice_index
 from .datasets import load_rows
@@ -93,10 +94,8 @@ class CodeExecEnv(TextEnv):
         self.tasks = load_tasks(tasks)
         self._by_id = {t.id: t for t in self.tasks}
         self.timeout = float(timeout)
-        self._sandbox_spec = sandbox
         self._sandbox_kwargs = dict(sandbox_kwargs or {})
-        self._owned_sandbox: Any = None
-        self._pool: Any = None  # the pool _owned_sandbox came from
+        self._lease = SandboxLease(sandbox, **{"timeout": self.timeout, **self._sandbox_kwargs})
         self._verifier: UnitTestVerifier | None = None
         self.task: CodeTask | None = None
         self._last_rate = 0.0
@@ -129,9 +128,8 @@ class CodeExecEnv(TextEnv):
         return self._score(await verifier.averify(extract_code(action), task))
 
     def close(self) -> None:
-        if self._owned_sandbox is not None:
-            sandbox, self._owned_sandbox, self._verifier = self._owned_sandbox, None, None
-            self._pool.release(sandbox)
+        self._lease.release()
+        self._verifier = None
         super().close()
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -142,13 +140,7 @@ class CodeExecEnv(TextEnv):
 
     def _get_verifier(self) -> UnitTestVerifier:
         if self._verifier is None:
-            sandbox = self._sandbox_spec
-            if isinstance(sandbox, str):
-                from aligngym.sandboxes.pool import get_pool
-
-                self._pool = get_pool(sandbox, **{"timeout": self.timeout, **self._sandbox_kwargs})
-                sandbox = self._owned_sandbox = self._pool.acquire()
-            self._verifier = UnitTestVerifier(sandbox, timeout=self.timeout)
+            self._verifier = UnitTestVerifier(self._lease.get(), timeout=self.timeout)
         return self._verifier
 
     def _score(self, result: VerifyResult) -> StepResult:

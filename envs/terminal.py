@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aligngym.sandboxes.base import RunResult, Sandbox, SandboxConfig
+from aligngym.sandboxes.lease import SandboxLease
 
 from .base import StepResult, TextEnv, rng_choice_index, run_sync
 from .datasets import load_rows
@@ -199,8 +200,8 @@ class TerminalEnv(TextEnv):
         self._sandbox_kwargs = dict(sandbox_kwargs or {})
         self._given: Sandbox | None = sandbox if isinstance(sandbox, Sandbox) else None
         self.backend = self._pick_backend(sandbox)
-        self._owned: Sandbox | None = None  # a pooled sandbox held for the current episode
-        self._pool: Any = None
+        # A pooled sandbox held for the current episode (released, so reset, between episodes).
+        self._lease = SandboxLease(self.backend, **{"timeout": self.timeout, **self._sandbox_kwargs})
         self._present: frozenset[str] | None = None  # required commands the backend has, probed once
         self.task: TerminalTask | None = None
         self._cwd = ""
@@ -221,7 +222,7 @@ class TerminalEnv(TextEnv):
     @property
     def sandbox(self) -> Sandbox | None:
         """The sandbox the current episode runs in (None before the first reset and after close)."""
-        return self._given or self._owned
+        return self._given or (self._lease.get() if self._lease.held else None)
 
     # -- episode ------------------------------------------------------------------------------------
     def new_episode(self, options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
@@ -276,9 +277,7 @@ class TerminalEnv(TextEnv):
         return self._score(task, result, check.ok)
 
     def close(self) -> None:
-        if self._owned is not None:
-            sandbox, self._owned = self._owned, None
-            self._pool.release(sandbox)
+        self._lease.release()
         super().close()
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -292,14 +291,8 @@ class TerminalEnv(TextEnv):
                 )
             sandbox = self._given
         else:
-            if self._pool is None:
-                from aligngym.sandboxes.pool import get_pool
-
-                self._pool = get_pool(self.backend, **{"timeout": self.timeout, **self._sandbox_kwargs})
-            if self._owned is not None:  # released, the pool resets it (or replaces it) for the next user
-                sandbox, self._owned = self._owned, None
-                self._pool.release(sandbox)
-            sandbox = self._owned = self._pool.acquire()
+            self._lease.release()  # the pool resets it (or replaces it) for its next user
+            sandbox = self._lease.get()
         if self._present is None:
             self._present = self._probe(sandbox)
         return sandbox

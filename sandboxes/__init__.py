@@ -10,6 +10,7 @@ from .base import RunResult, Sandbox, SandboxConfig, SandboxError
 from .docker_backend import DockerPool, DockerSandbox, reap_orphans
 from .docker_image import build_image, ensure_image
 from .factory import BACKENDS, make_sandbox
+from .lease import SandboxLease
 from .local import LocalSandbox, bwrap_available
 from .pool import SandboxPool, get_pool, set_max_sandboxes
 
@@ -22,6 +23,7 @@ __all__ = [
     "Sandbox",
     "SandboxConfig",
     "SandboxError",
+    "SandboxLease",
     "SandboxPool",
     "build_image",
     "bwrap_available",

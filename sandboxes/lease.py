@@ -1,0 +1,55 @@
+"""A sandbox an environment holds for its episodes: taken from the shared pool, given back reset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Sandbox
+
+
+class SandboxLease:
+    """A sandbox taken from the shared pool (``get_pool``) on first use and given back, reset, by ``release``.
+
+    ``spec`` is a backend name ("local", "docker") or a ready sandbox object, which the caller keeps: then
+    ``release`` leaves it alone.
+    """
+
+    def __init__(self, spec: str | Sandbox = "local", **config: Any):
+        self.spec = spec
+        self.config = config
+        self._pool: Any = None
+        self._sandbox: Sandbox | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether a pooled sandbox is held now."""
+        return self._sandbox is not None
+
+    def _shared_pool(self) -> Any:
+        if self._pool is None:
+            from .pool import get_pool
+
+            self._pool = get_pool(self.spec, **self.config)
+        return self._pool
+
+    def get(self) -> Sandbox:
+        """The sandbox, taken from the pool the first time (blocks while the global cap is reached)."""
+        if not isinstance(self.spec, str):
+            return self.spec
+        if self._sandbox is None:
+            self._sandbox = self._shared_pool().acquire()
+        return self._sandbox
+
+    async def aget(self) -> Sandbox:
+        """``get`` for async code: waits for a slot without blocking the event loop."""
+        if not isinstance(self.spec, str):
+            return self.spec
+        if self._sandbox is None:
+            self._sandbox = await self._shared_pool().aacquire()
+        return self._sandbox
+
+    def release(self) -> None:
+        """Give a pooled sandbox back (the pool resets it); a caller's own sandbox is left alone."""
+        sandbox, self._sandbox = self._sandbox, None
+        if sandbox is not None:
+            self._pool.release(sandbox)
