@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .base import LANGUAGES, Language, RunResult, Sandbox, SandboxConfig, SandboxError
+from .pool import register_idle_source, release_slot, try_acquire_slot
 
 SANDBOX_DIR = "/sandbox"
 SANDBOX_USER = "65534:65534"
@@ -33,6 +34,7 @@ EXECUTOR_PIDS = 8
 EXECUTOR_MEMORY_MB = 32
 _EXECUTOR_SOURCE = Path(__file__).with_name("executor.py").read_text()
 _START_TIMEOUT_S = 60.0
+_SLOT_POLL_S = 0.2
 _REPLY_GRACE_S = 15.0  # past a run's own limit before the executor counts as hung
 _FILE_TIMEOUT_S = 120.0
 _ERRORS = {"not_found": FileNotFoundError}
@@ -314,6 +316,7 @@ class DockerPool:
         self._all: dict[str, _Container] = {}
         self._closed = False
         atexit.register(self.shutdown)
+        register_idle_source(self._has_spare, self._evict_spare)
 
     @property
     def client(self) -> Any:
@@ -341,7 +344,7 @@ class DockerPool:
                         self._refill(spec)
                         return spare
                     self._discard(spare)
-                if self._live < self.max_live:
+                if self._live < self.max_live and try_acquire_slot():
                     self._live += 1
                     break
                 if other := next((s for s in self._spares.values() if s), None):
@@ -350,7 +353,8 @@ class DockerPool:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise SandboxError(f"no sandbox slot freed within {timeout}s (max_live={self.max_live})")
-                self._cond.wait(left)
+                # Slots also free up when other backends' sandboxes close, which does not notify us: poll.
+                self._cond.wait(_SLOT_POLL_S if left is None else min(left, _SLOT_POLL_S))
         if evicted is not None:
             self._remove(evicted)
         try:
@@ -376,6 +380,21 @@ class DockerPool:
         with self._cond:
             self._live -= 1
             self._cond.notify_all()
+        release_slot()
+
+    def _has_spare(self) -> bool:
+        # Called by the global cap with its lock held: read without our lock (a stale answer only costs a retry).
+        return any(self._spares.values())
+
+    def _evict_spare(self) -> bool:
+        """Remove one warm spare so a sandbox of any backend can take its slot; False when none is left."""
+        with self._cond:
+            spare = next((s.pop() for s in self._spares.values() if s), None)
+        if spare is None:
+            return False
+        self._remove(spare)
+        self._give_back()
+        return True
 
     def _refill(self, spec: _Spec) -> None:
         """Start spares for ``spec`` in the background while the cap leaves room (call with the lock held)."""
@@ -394,6 +413,7 @@ class DockerPool:
                         self._closed
                         or len(self._spares.get(spec, ())) >= self.size
                         or self._live >= self.max_live
+                        or not try_acquire_slot()
                     ):
                         return
                     self._live += 1
@@ -423,6 +443,7 @@ class DockerPool:
         # A dead spare, found with the lock held: its slot is freed and the removal happens elsewhere.
         self._live -= 1
         self._cond.notify_all()
+        release_slot()
         threading.Thread(target=self._remove, args=(container,), daemon=True).start()
 
     def _remove(self, container: _Container) -> None:

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from .base import Sandbox, SandboxConfig, SandboxError
@@ -156,6 +156,25 @@ async def aacquire_slot(timeout: float = 300.0) -> None:
             raise _full_error(timeout)
 
 
+def try_acquire_slot() -> bool:
+    """Take a slot if one is free right now (never waits, never evicts)."""
+    if getattr(_prepaid, "slots", 0):
+        _prepaid.slots -= 1
+        return True
+    with _gate.lock:
+        return _gate.try_take()
+
+
+#: Other holders of idle sandboxes (e.g. the docker backend's warm spares): (has_idle, evict_one) pairs.
+#: ``has_idle`` is called with the cap's lock held, so it must not take locks of its own.
+_idle_sources: list[tuple[Callable[[], bool], Callable[[], bool]]] = []
+
+
+def register_idle_source(has_idle: Callable[[], bool], evict_one: Callable[[], bool]) -> None:
+    """Let the cap evict another component's idle sandboxes when a creation would otherwise wait."""
+    _idle_sources.append((has_idle, evict_one))
+
+
 def release_slot() -> None:
     """Give back a slot when a sandbox closes; wakes waiting creations."""
     with _gate.lock:
@@ -164,12 +183,12 @@ def release_slot() -> None:
 
 
 def _any_idle() -> bool:
-    return any(pool._idle for pool in list(_pools))
+    return any(pool._idle for pool in list(_pools)) or any(has() for has, _ in list(_idle_sources))
 
 
 def _evict_idle() -> bool:
-    """Close one idle pooled sandbox (any pool) so its slot frees up; False when none is idle."""
-    return any(pool._evict_one() for pool in list(_pools))
+    """Close one idle sandbox (any pool or idle source) so its slot frees up; False when none is idle."""
+    return any(pool._evict_one() for pool in list(_pools)) or any(ev() for _, ev in list(_idle_sources))
 
 
 # -- pools ------------------------------------------------------------------------------------------

@@ -21,19 +21,53 @@ class WorkDir:
         #: uid/gid given to what we write, so a sandbox running as another user can change it.
         self.owner = owner
 
-    def resolve(self, path: str) -> str:
-        """The host path of ``path`` after refusing absolute paths, ``..`` and symlinks leading outside."""
+    def parts(self, path: str) -> list[str]:
+        """The components of ``path`` after refusing absolute paths, ``..`` and other malformed names."""
         if not isinstance(path, str) or not path or "\x00" in path:
             raise SandboxError(f"invalid sandbox path {path!r}")
-        if os.path.isabs(path) or ".." in PurePosixPath(path).parts:
+        parts = [p for p in PurePosixPath(path).parts if p not in ("", ".")]
+        if os.path.isabs(path) or ".." in parts or not parts:
             raise SandboxError(
                 f"{path!r} escapes the sandbox: paths are relative to the working directory, no '..'"
             )
-        # realpath follows symlinks that sandboxed code may have planted, so the prefix check sees their target.
-        full = os.path.realpath(os.path.join(self.path, path))
+        return parts
+
+    def resolve(self, path: str) -> str:
+        """The host path of ``path``, refusing escapes (also through symlinks planted by sandboxed code)."""
+        full = os.path.realpath(os.path.join(self.path, *self.parts(path)))
         if not full.startswith(self.path + os.sep):
             raise SandboxError(f"{path!r} resolves outside the sandbox working directory (a symlink?)")
         return full
+
+    @contextlib.contextmanager
+    def _parent_fd(self, path: str, create: bool):
+        """A directory fd for ``path``'s parent, reached one component at a time without following links.
+
+        Sandboxed code runs while we transfer files and can swap any directory for a symlink between a check
+        and a use; opening each component relative to the previous one with O_NOFOLLOW leaves no such window.
+        """
+        # Links inside the sandbox that stay inside are followed once here (realpath), then the resolved,
+        # link-free path is walked; a link swapped in afterwards makes the walk fail instead of escaping.
+        *dirs, name = os.path.relpath(self.resolve(path), self.path).split(os.sep)
+        fd = os.open(self.path, _DIR_FLAGS)
+        try:
+            for part in dirs:
+                try:
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    if self.owner:
+                        os.fchown(next_fd, *self.owner)
+                except OSError:  # ELOOP (a symlink) or ENOTDIR: nothing we may walk through
+                    raise SandboxError(f"{path!r}: {part!r} is not a directory inside the sandbox") from None
+                os.close(fd)
+                fd = next_fd
+            yield fd, name
+        finally:
+            os.close(fd)
 
     def write(self, files: Mapping[str, str | bytes]) -> None:
         """Write each file (str as UTF-8), creating parent directories."""
@@ -43,37 +77,39 @@ class WorkDir:
                 raise SandboxError(
                     f"{path!r} is {len(data)} bytes, over the {self.max_bytes}-byte file limit"
                 )
-            full = self.resolve(path)
-            self._make_dirs(os.path.dirname(full))
-            # O_NOFOLLOW: a symlink swapped in after the check is refused; O_NONBLOCK: a planted FIFO cannot hang us.
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-            with os.fdopen(os.open(full, flags, 0o644), "wb") as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    raise SandboxError(f"{path!r} is not a regular file")
-                f.write(data)
-            if self.owner:
-                os.chown(full, *self.owner)
-
-    def _make_dirs(self, directory: str) -> None:
-        missing = []
-        while not os.path.isdir(directory):
-            missing.append(directory)
-            directory = os.path.dirname(directory)
-        for path in reversed(missing):
-            os.mkdir(path, 0o755)
-            if self.owner:
-                os.chown(path, *self.owner)
+            with self._parent_fd(path, create=True) as (dir_fd, name):
+                # O_NOFOLLOW: a symlink as the last component is refused; O_NONBLOCK: a FIFO cannot hang us.
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                try:
+                    fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
+                except OSError as exc:
+                    raise SandboxError(f"cannot write {path!r} in the sandbox: {exc.strerror}") from None
+                with os.fdopen(fd, "wb") as f:
+                    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                        raise SandboxError(f"{path!r} is not a regular file")
+                    f.write(data)
+                    if self.owner:
+                        os.fchown(f.fileno(), *self.owner)
 
     def read(self, path: str) -> bytes:
         """The bytes of a regular file, refusing files over the size limit."""
-        full = self.resolve(path)
-        with os.fdopen(os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+        try:
+            with self._parent_fd(path, create=False) as (dir_fd, name):
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise SandboxError(f"cannot read {path!r} in the sandbox: {exc.strerror} (a symlink?)") from None
+        with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise SandboxError(f"{path!r} is not a regular file")
             data = f.read(self.max_bytes + 1)
         if len(data) > self.max_bytes:
             raise SandboxError(f"{path!r} is over the {self.max_bytes}-byte file limit")
         return data
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def empty_dir(path: str) -> None:

@@ -467,3 +467,28 @@ def test_cli_sandbox_build_uses_the_cached_image_and_rejects_unknown_pythons(ima
         timeout=60,
     )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "2.7" in bad.stderr
+
+
+def test_one_cap_counts_sandboxes_of_every_backend(image):
+    """ALIGNGYM_MAX_SANDBOXES is one process-wide cap: a docker container and a local sandbox share it."""
+    from aligngym.sandboxes import make_sandbox
+    from aligngym.sandboxes import pool as cap
+
+    old = cap.max_sandboxes()
+    while cap._evict_idle():  # warm spares left by other tests would be evicted on demand; drop them now
+        pass
+    docker_pool = DockerPool(size=0)
+    try:
+        cap.set_max_sandboxes(cap.live_sandboxes() + 2)
+        local = make_sandbox("local")
+        boxed = DockerSandbox(SandboxConfig(image=image), pool=docker_pool)
+        assert boxed.run("print(1)").ok
+        with pytest.raises(SandboxError, match="no sandbox slot"):
+            make_sandbox("local", slot_timeout=1)  # both slots are taken, one of them by a container
+        boxed.close()
+        third = make_sandbox("local", slot_timeout=10)  # the container's slot came back
+        third.close()
+        local.close()
+    finally:
+        cap.set_max_sandboxes(old)
+        docker_pool.shutdown()
