@@ -8,10 +8,14 @@ that no line rates, or whose line has no number, simply has no rating; parsing n
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import FeedbackResult, Message
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 # What may sit between a rating and its reason: "/7", "out of 7", dashes, colons, brackets.
@@ -30,10 +34,40 @@ class Rating:
 
 @dataclass(frozen=True)
 class PeerRating:
-    """The rating scale and everything done with it: instructions, parsing, aggregation, normalisation."""
+    """Peers rate a response 1..7 with reasons; as a ``Feedback`` the score is their normalised mean rating.
+
+    Also the scale and everything done with it (instructions, parsing, aggregation, normalisation), which the
+    social sandbox uses for its own rounds.
+    """
 
     low: int = 1
     high: int = 7
+    raters: tuple[Any, ...] = field(
+        default=(), metadata={"help": "Agents asked for a rating (Feedback use)."}
+    )
+    name: str = "peer_rating"
+
+    async def ascore(self, messages: list[Message], response: str, **context: Any) -> FeedbackResult:
+        """Ask every rater for a rating of ``response``; components hold each rater's raw rating."""
+        if not self.raters:
+            raise ValueError("PeerRating needs raters=(agent, ...) to score a response")
+        question = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        prompt = f"Question: {question}\n\nanswer: {response}\n\n{self.instructions(['answer'])}"
+        replies = await asyncio.gather(*(r.act([{"role": "user", "content": prompt}]) for r in self.raters))
+        ratings = {}
+        reasons = []
+        for i, reply in enumerate(replies):
+            got = self.parse(reply.text, ["answer"], rater=f"rater_{i}").get("answer")
+            if got is not None:
+                ratings[f"rater_{i}"] = got.rating
+                reasons.append(f"rater_{i}: {got.rating:g} - {got.reason}")
+        mean = self.aggregate(ratings.values())
+        return FeedbackResult(
+            self.normalise(mean),
+            {"mean_rating": mean if mean is not None else 0.0, **ratings},
+            "\n".join(reasons) or None,
+            info={"unrated": mean is None},
+        )
 
     def instructions(self, targets: Sequence[str]) -> str:
         """The answer format a rater must follow, with one example line per target."""

@@ -77,3 +77,18 @@ def test_rubric_weights_and_keeps_components():
 def test_signs_points_and_slashes_are_not_normalised_away(response, gold):
     for mode in ("normalized", "math", "numeric"):
         assert score(Verifier(mode=mode), Q, response, gold=gold).score == 0.0, mode
+
+
+def test_peer_rating_is_a_feedback_over_rater_agents():
+    from aligngym.agents import ScriptedAgent
+    from aligngym.feedback import PeerRating
+
+    raters = (ScriptedAgent(["answer: 7 - kind and honest"]), ScriptedAgent(["answer: 4/7 - vague"]))
+    result = score(PeerRating(raters=raters), Q, "Half of one is 0.5.")
+    assert result.score == pytest.approx((5.5 - 1) / 6)
+    assert result.components == {"mean_rating": 5.5, "rater_0": 7.0, "rater_1": 4.0}
+    assert "kind and honest" in result.rationale
+    garbage = score(PeerRating(raters=(ScriptedAgent(["no idea"]),)), Q, "x")
+    assert garbage.score == 0.0 and garbage.info["unrated"]
+    with pytest.raises(ValueError, match="raters"):
+        score(PeerRating(), Q, "x")
