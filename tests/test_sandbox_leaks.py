@@ -1,0 +1,387 @@
+"""Leak tests: many mixed runs (a tenth of them hostile) through sandbox pools, and a sandbox owner killed
+with SIGKILL mid-run. Afterwards nothing may be left: no aligngym containers, no sandbox processes and no
+sandbox temp directories.
+
+Every hostile program re-execs itself with the test's marker in its argv, so the host finds its processes
+(container processes included) in ``/proc/*/cmdline``. Each test points the sandboxes' temp directories at
+a private directory (``tempfile.tempdir`` in this process, ``TMPDIR`` in a child), so "no temp directory
+left" is exact even while other tests create sandboxes next to it.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+
+import pytest
+
+from aligngym.sandboxes import SandboxConfig, bwrap_available
+from aligngym.sandboxes.pool import SandboxPool
+
+pytestmark = pytest.mark.slow
+
+
+def _docker_up() -> bool:
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+LOCAL = pytest.param(
+    "local",
+    id="local",
+    marks=pytest.mark.skipif(not bwrap_available(), reason="bubblewrap is not usable here"),
+)
+DOCKER = pytest.param(
+    "docker",
+    id="docker",
+    marks=[
+        pytest.mark.docker,
+        pytest.mark.skipif(not _docker_up(), reason="`docker info` fails; start one: .ci/dockerd.sh"),
+    ],
+)
+
+CONCURRENCY = 4
+HOSTILE_TIMEOUT = 0.5
+CONFIG = SandboxConfig(timeout=5, memory_mb=256, pids=64, max_output_bytes=64 << 10, max_file_mb=16)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def marked(body: str, marker: str) -> str:
+    """``body`` as a program whose every process carries ``marker`` in its command line."""
+    body = "import os, sys\n" + textwrap.dedent(body)
+    return f"import os, sys\nos.execv(sys.executable, [sys.executable, '-c', {body!r}, {marker!r}])\n"
+
+
+def marker_pids(marker: str) -> list[int]:
+    needle, found = marker.encode(), []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if needle in f.read():
+                        found.append(int(name))
+            except OSError:
+                continue
+    return found
+
+
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(ppid, start time) of a live process, None when it is gone (or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == b"Z" else (int(fields[1]), fields[19].decode())
+
+
+def sandbox_processes(root: int) -> dict[int, tuple[str, str]]:
+    """pid -> (start time, command line) of the bwrap / fork-server / python descendants of ``root``."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    info = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (stat := _stat(int(name))) is not None:
+            children[stat[0]].append(int(name))
+            info[int(name)] = stat[1]
+    found, todo = {}, list(children[root])
+    while todo:
+        pid = todo.pop()
+        todo += children[pid]
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(word in cmdline for word in ("bwrap", "forkserver", "unshare", "python", "sleep")):
+            found[pid] = (info[pid], cmdline[:200])
+    return found
+
+
+def still_alive(processes: dict[int, tuple[str, str]]) -> dict[int, str]:
+    """Those of ``processes`` alive now (same pid and the same start time: no pid reuse)."""
+    return {pid: cmd for pid, (start, cmd) in processes.items() if (s := _stat(pid)) and s[1] == start}
+
+
+def wait_until(condition, timeout: float, step: float = 0.05) -> float | None:
+    """Seconds until ``condition()`` held, None if it never did within ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if condition():
+            return time.monotonic() - start
+        time.sleep(step)
+    return None
+
+
+def leftover_dirs(tmpdir: str) -> list[str]:
+    return sorted(os.listdir(tmpdir))
+
+
+def _docker_client():
+    import docker
+
+    return docker.from_env(timeout=60)
+
+
+def containers_of(client, owner_pid: int) -> list[str]:
+    return [
+        c["Id"] for c in client.api.containers(all=True, filters={"label": f"aligngym.owner_pid={owner_pid}"})
+    ]
+
+
+# -- the workload -------------------------------------------------------------------------------------
+def hostile_programs(marker: str) -> list[tuple[str, str, set[str]]]:
+    """(kind, code, statuses it may end with) of each hostile kind; each runs under ``HOSTILE_TIMEOUT``."""
+    return [
+        ("sleep", marked("import time; time.sleep(1e6)", marker), {"timeout"}),
+        (
+            "fork_bomb",
+            marked("while True:\n    try:\n        os.fork()\n    except OSError:\n        pass", marker),
+            {"timeout", "error"},
+        ),
+        ("flood", marked("while True:\n    print('x' * 200)", marker), {"output_limit"}),
+        (
+            "daemon",
+            marked(
+                """
+                if os.fork() == 0:
+                    os.setsid()
+                    if os.fork() == 0:
+                        import signal, time
+                        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                        time.sleep(60)
+                    os._exit(0)
+                print("parent done")
+                """,
+                marker,
+            ),
+            {"ok"},
+        ),
+    ]
+
+
+def workload(n: int, marker: str) -> list[tuple[int, str, str, float | None, set[str], str | None]]:
+    """``n`` runs, every tenth hostile: (index, kind, code, timeout, allowed statuses, expected stdout)."""
+    hostile, runs = hostile_programs(marker), []
+    for i in range(n):
+        if i % 10 == 0:
+            kind, code, statuses = hostile[(i // 10) % len(hostile)]
+            runs.append((i, kind, code, HOSTILE_TIMEOUT, statuses, None))
+        else:
+            runs.append((i, "honest", f"print({i} * {i})", None, {"ok"}, f"{i * i}\n"))
+    return runs
+
+
+def run_batches(pool: SandboxPool, runs: list, batch: int) -> list[tuple]:
+    """Run ``runs`` through ``pool`` from ``CONCURRENCY`` threads, ``batch`` runs per acquired sandbox."""
+
+    def one_batch(chunk):
+        out = []
+        with pool.sandbox() as sb:
+            for i, kind, code, timeout, statuses, stdout in chunk:
+                r = sb.run(code, timeout=timeout)
+                out.append((i, kind, r, statuses, stdout))
+        return out
+
+    chunks = [runs[k : k + batch] for k in range(0, len(runs), batch)]
+    with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as workers:
+        return [item for part in workers.map(one_batch, chunks) for item in part]
+
+
+@pytest.fixture
+def private_tmpdir(tmp_path, monkeypatch):
+    """Sandboxes created by this process during the test put their temp directories here."""
+    path = tmp_path / "sandbox-tmp"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return str(path)
+
+
+@pytest.fixture
+def private_docker_pool(monkeypatch):
+    """``make_sandbox("docker")`` (so SandboxPool too) on a DockerPool of this test's own, shut down at the
+    end; yields the pool and the ids of every container it ever started."""
+    from aligngym.sandboxes import BACKENDS, DockerPool, DockerSandbox
+
+    pool = DockerPool(size=2, max_live=CONCURRENCY + 4)
+    started: list[str] = []
+    create = pool._create
+
+    def recording_create(client, spec):
+        container = create(client, spec)
+        started.append(container.id)
+        return container
+
+    pool._create = recording_create
+    monkeypatch.setitem(BACKENDS, "docker", lambda config: DockerSandbox(config, pool=pool))
+    yield pool, started
+    pool.shutdown()
+
+
+# -- 1,000 mixed runs ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "backend, n_runs, batch",
+    [
+        pytest.param(*LOCAL.values, 800, 5, marks=LOCAL.marks, id="local-800"),
+        pytest.param(*DOCKER.values, 200, 10, marks=DOCKER.marks, id="docker-200"),
+    ],
+)
+def test_mixed_runs_leave_nothing(backend, n_runs, batch, private_tmpdir, request):
+    """Load: 800 local + 200 docker runs (a tenth hostile: sleepers past their timeout, fork bombs, output
+    floods, double-forked daemons) through a SandboxPool at concurrency 4. Expected: every run ends with its
+    status, and after the pool closes there are no marked processes, no sandbox processes beyond those that
+    were there before, no sandbox temp directories and (docker) none of its containers, after reap_orphans."""
+    marker = f"aligngym-leak-{uuid.uuid4().hex[:12]}"
+    before = sandbox_processes(os.getpid())
+    started: list[str] = []
+    if backend == "docker":
+        pool_fixture = request.getfixturevalue("private_docker_pool")
+        started = pool_fixture[1]
+    runs = workload(n_runs, marker)
+
+    t0 = time.monotonic()
+    with SandboxPool(backend, size=CONCURRENCY, config=CONFIG) as pool:
+        results = run_batches(pool, runs, batch)
+        stats = pool.stats()
+    if backend == "docker":
+        pool_fixture[0].shutdown()
+    wall = time.monotonic() - t0
+
+    assert len(results) == n_runs
+    bad = [
+        (i, kind, r.status, r.stderr[-200:])
+        for i, kind, r, statuses, _ in results
+        if r.status not in statuses
+    ]
+    assert bad == [], bad[:10]
+    wrong = [(i, r.stdout) for i, _, r, _, stdout in results if stdout is not None and r.stdout != stdout]
+    assert wrong == [], wrong[:10]
+    by_kind = collections.Counter((kind, r.status) for _, kind, r, _, _ in results)
+    print(
+        f"\n{backend}: {n_runs} runs in {wall:.1f}s = {n_runs / wall:.1f} runs/s at concurrency {CONCURRENCY}; "
+        f"{dict(by_kind)}; pool {stats}"
+    )
+
+    # Nothing left: marked processes, sandbox processes, temp dirs, containers.
+    assert wait_until(lambda: not marker_pids(marker), 5) is not None, marker_pids(marker)
+    new = {pid: v for pid, v in sandbox_processes(os.getpid()).items() if pid not in before}
+    assert wait_until(lambda: not still_alive(new), 5) is not None, still_alive(new)
+    assert leftover_dirs(private_tmpdir) == []
+    if backend == "docker":
+        from aligngym.sandboxes import reap_orphans
+
+        client = _docker_client()
+        reap_orphans(client)  # what the next start in any process would do
+        assert len(started) >= n_runs // batch
+        ids = set(started)
+
+        def gone() -> bool:
+            return not ids & {
+                c["Id"] for c in client.api.containers(all=True, filters={"label": "aligngym=1"})
+            }
+
+        assert wait_until(gone, 20) is not None, "containers of this test are left"
+
+
+# -- an owner killed with SIGKILL mid-run ------------------------------------------------------------
+OWNER = """
+import json, sys, threading, time
+from aligngym.sandboxes import make_sandbox
+from aligngym.sandboxes.pool import get_pool
+
+backend, sleeper = sys.argv[1], sys.argv[2]
+direct = make_sandbox(backend, timeout=600)
+pooled = get_pool(backend, timeout=600).acquire()
+for sandbox in (direct, pooled):
+    threading.Thread(target=sandbox.run, args=(sleeper,), daemon=True).start()
+info = {
+    "workdirs": [getattr(s, "workdir", None) for s in (direct, pooled)],
+    "containers": [getattr(s, "container_id", None) for s in (direct, pooled)],
+}
+print(json.dumps(info), flush=True)
+time.sleep(600)
+"""
+
+
+class TempDirsLeft(AssertionError):
+    """The killed owner's sandbox temp directories are still on disk."""
+
+
+ORPHANED_TEMP_DIRS = (
+    "a LocalSandbox's temp directory (tempfile.mkdtemp('aligngym-sandbox-'): the working directory with "
+    "everything the runs wrote, the server log and the copied fork server) is removed only by close(); when "
+    "its owner is SIGKILLed (or OOM-killed) nothing removes it, and nothing ever will: there is no "
+    "equivalent of docker's owner labels + reap_orphans for the local backend. Processes do die (bwrap "
+    "--die-with-parent). Fix: name the directory after its owner (pid + start time, like the docker labels) "
+    "and reap directories of dead owners when a process creates its first local sandbox"
+)
+
+
+@pytest.mark.parametrize("backend", [LOCAL, DOCKER])
+def test_sigkilled_owner_leaves_nothing(backend, tmp_path, request):
+    """Attack on the harness: a child process creates a sandbox directly and one from a pool, starts a
+    sleeper in each, and is killed with SIGKILL mid-run. Expected: every sandbox process (bwrap, fork server,
+    sleepers, container processes) is gone within seconds, no container of the dead owner survives
+    reap_orphans, and no sandbox temp directory is left."""
+    if backend == "local":
+        request.applymarker(pytest.mark.xfail(strict=True, raises=TempDirsLeft, reason=ORPHANED_TEMP_DIRS))
+    private = tmp_path / "owner-tmp"
+    private.mkdir()
+    marker = f"aligngym-leak-owner-{uuid.uuid4().hex[:12]}"
+    env = {**os.environ, "TMPDIR": str(private), "ALIGNGYM_DOCKER_POOL": "1"}
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, backend, marked("import time; time.sleep(600)", marker)],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        ready, _, _ = select.select([owner.stdout], [], [], 90)
+        info = json.loads(owner.stdout.readline() or "null") if ready else None
+        assert info, "the owner process failed to start its sandboxes"
+        assert wait_until(lambda: len(marker_pids(marker)) >= 2, 30) is not None, "the sleepers never started"
+        # Its bwrap / fork-server trees (local); container processes are the daemon's children, found by marker.
+        tree = sandbox_processes(owner.pid)
+        if backend == "local":
+            assert any("bwrap" in cmd for _, cmd in tree.values()), tree
+        client = _docker_client() if backend == "docker" else None
+        if client is not None:
+            assert set(info["containers"]) <= set(containers_of(client, owner.pid))
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    killed = time.monotonic()
+
+    # Processes: the sleepers and the whole sandbox machinery the owner had started.
+    died = wait_until(lambda: not marker_pids(marker) and not still_alive(tree), 10)
+    assert died is not None, (marker_pids(marker), still_alive(tree))
+    print(f"\n{backend}: every process of the SIGKILLed owner gone {died:.2f}s after the kill")
+
+    # Containers: the reaper removes what the executors' exits (auto_remove) did not.
+    if client is not None:
+        from aligngym.sandboxes import reap_orphans
+
+        reap_orphans(client)
+        assert wait_until(lambda: not containers_of(client, owner.pid), 20) is not None, containers_of(
+            client, owner.pid
+        )
+        print(f"{backend}: containers of the dead owner gone {time.monotonic() - killed:.2f}s after the kill")
+
+    # Temp directories.
+    left = leftover_dirs(str(private))
+    if left:
+        import shutil
+
+        shutil.rmtree(private, ignore_errors=True)  # clean up after the known leak
+        raise TempDirsLeft(f"sandbox temp directories left by the killed owner: {left}")
