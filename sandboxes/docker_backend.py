@@ -30,7 +30,6 @@ from .docker_pool import (  # noqa: F401  (re-exported: the backend's public and
     DockerPool,
     _Container,
     _Spec,
-    _start_stamp,
     default_pool,
     owner_labels,
     reap_orphans,

@@ -15,6 +15,7 @@ from typing import Any
 
 from .base import SandboxConfig, SandboxError
 from .docker_channel import _Channel
+from .owner import start_stamp
 from .pool import register_idle_source, release_slot, try_acquire_slot
 
 SANDBOX_DIR = "/sandbox"
@@ -29,23 +30,13 @@ _REPLY_GRACE_S = 15.0  # past a run's own limit before the executor counts as hu
 _FILE_TIMEOUT_S = 120.0
 
 
-def _start_stamp(pid: int) -> str | None:
-    """``boot_id:start_ticks`` of a process (pid reuse gives another stamp), None when it does not exist."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-    return f"{boot}:{stat[stat.rindex(b')') + 2 :].split()[19].decode()}"
-
-
 def owner_labels() -> dict[str, str]:
     """The labels every container of this process carries."""
     return {
         "aligngym": "1",
         "aligngym.owner_pid": str(os.getpid()),
         "aligngym.owner_host": socket.gethostname(),
-        "aligngym.owner_start": _start_stamp(os.getpid()) or "",
+        "aligngym.owner_start": start_stamp(os.getpid()) or "",
     }
 
 
@@ -54,7 +45,7 @@ def _owner_alive(labels: Mapping[str, str]) -> bool:
         pid = int(labels.get("aligngym.owner_pid", ""))
     except ValueError:
         return False
-    stamp = _start_stamp(pid)
+    stamp = start_stamp(pid)
     return stamp is not None and stamp == labels.get("aligngym.owner_start")
 
 

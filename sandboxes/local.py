@@ -18,6 +18,7 @@ from typing import Any
 from . import bwrap, limits
 from .base import LANGUAGES, Language, RunResult, Sandbox, SandboxConfig, SandboxError
 from .forkserver import SERVER_SCRIPT, ForkServer, ServerGone, ServerStartError, ServerUnsupported
+from .owner import local_dir_prefix, reap_local_orphans_once
 from .pool import acquire_slot, release_slot
 from .supervise import kill_tree, supervise
 from .workdir import WorkDir, empty_dir, remove_tree
@@ -106,7 +107,8 @@ class LocalSandbox(Sandbox):
                 self._userns_fd = bwrap.make_userns()
             except OSError as exc:
                 raise SandboxError(f"could not create the sandbox's user namespace: {exc}") from exc
-        self._root = tempfile.mkdtemp(prefix="aligngym-sandbox-")
+        reap_local_orphans_once()  # what processes killed earlier left behind
+        self._root = tempfile.mkdtemp(prefix=local_dir_prefix())
         #: Host path of the working directory (``/sandbox`` inside bubblewrap).
         self.workdir = os.path.join(self._root, "work")
         self._code_dir = os.path.join(self._root, "code")

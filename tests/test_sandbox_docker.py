@@ -27,6 +27,7 @@ from aligngym.sandboxes import (
     reap_orphans,
 )
 from aligngym.sandboxes import docker_backend as backend
+from aligngym.sandboxes.owner import start_stamp
 
 
 def _daemon_up() -> bool:
@@ -258,7 +259,7 @@ def test_container_security_options_and_labels(sb, client):
     assert config["Labels"]["aligngym"] == "1"
     assert config["Labels"]["aligngym.owner_pid"] == str(os.getpid())
     assert config["Labels"]["aligngym.owner_host"] == socket.gethostname()
-    assert config["Labels"]["aligngym.owner_start"] == backend._start_stamp(os.getpid())
+    assert config["Labels"]["aligngym.owner_start"] == start_stamp(os.getpid())
 
 
 # -- working directory and files --------------------------------------------------------------------
