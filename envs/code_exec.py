@@ -10,7 +10,8 @@ from typing import Any
 from aligngym.feedback.unit_tests import CodeTask, UnitTestVerifier, VerifyResult
 from aligngym.sandboxes.lease import SandboxLease
 
-from .base import StepResult, TextEnv, rng_choice_index
+from .answers import fenced_blocks, pick_task
+from .base import StepResult, TextEnv
 from .datasets import load_rows
 
 _PY_LANGS = {"", "python", "python3", "py"}
@@ -24,22 +25,8 @@ def extract_code(text: str) -> str:
     Fences are read line by line, so a ```bash block's closing fence never opens a python block; a final
     python block left unclosed (a cut-off answer) still counts.
     """
-    blocks: list[str] = []
-    lang: str | None = None  # the open block's language, None outside a block
-    body: list[str] = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if lang is None and stripped.startswith("```"):
-            lang, body = stripped[3:].strip().lower(), []
-        elif lang is not None and stripped == "```":
-            if lang in _PY_LANGS:
-                blocks.append("\n".join(body) + "\n")
-            lang = None
-        elif lang is not None:
-            body.append(line)
-    if lang in _PY_LANGS and body:
-        blocks.append("\n".join(body) + "\n")
-    return blocks[-1] if blocks else text
+    blocks = fenced_blocks(text, _PY_LANGS)
+    return blocks[-1] + "\n" if blocks else text
 
 
 def load_tasks(source: str | Path | Iterable[Mapping[str, Any] | CodeTask] | None = None) -> list[CodeTask]:
@@ -102,13 +89,7 @@ class CodeExecEnv(TextEnv):
 
     # -- episode ------------------------------------------------------------------------------------
     def new_episode(self, options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
-        task_id = (options or {}).get("task_id")
-        if task_id is not None:
-            if str(task_id) not in self._by_id:
-                raise ValueError(f"unknown task_id {task_id!r}")
-            self.task = self._by_id[str(task_id)]
-        else:
-            self.task = self.tasks[rng_choice_index(self.np_random, len(self.tasks))]
+        self.task = pick_task(self.tasks, self._by_id, self.np_random, options)
         self._last_rate = 0.0
         return self._first_message(self.task), {"task_id": self.task.id}
 

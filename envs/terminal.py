@@ -13,6 +13,7 @@ from typing import Any
 from aligngym.sandboxes.base import RunResult, Sandbox, SandboxConfig
 from aligngym.sandboxes.lease import SandboxLease
 
+from .answers import fenced_blocks
 from .base import StepResult, TextEnv, rng_choice_index, run_sync
 from .datasets import load_rows
 
@@ -108,21 +109,7 @@ def load_tasks(source: str | Path | Iterable[Any] | None = None) -> list[Termina
 
 def extract_command(text: str) -> str | None:
     """The last ```bash / ```sh / bare ``` block of ``text``, else ``text`` if it is one command line, else None."""
-    blocks: list[str] = []
-    lang: str | None = None  # the open block's language, None outside a block
-    body: list[str] = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if lang is None and stripped.startswith("```"):
-            lang, body = stripped[3:].strip().lower(), []
-        elif lang is not None and stripped == "```":
-            if lang in _SHELL_LANGS:
-                blocks.append("\n".join(body))
-            lang = None
-        elif lang is not None:
-            body.append(line)
-    if lang in _SHELL_LANGS and body:  # a reply cut off inside its last block still counts
-        blocks.append("\n".join(body))
+    blocks = fenced_blocks(text, _SHELL_LANGS)
     if blocks:
         return blocks[-1] if blocks[-1].strip() else None
     line = text.strip().removeprefix("$ ")

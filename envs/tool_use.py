@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from aligngym.feedback.verifier import Verifier, extract_answer
 
-from .answers import is_number
-from .base import Message, StepResult, TextEnv, rng_choice_index, run_sync
+from .answers import is_number, pick_task
+from .base import Message, StepResult, TextEnv, run_sync
 from .datasets import load_rows
 from .tool_calls import (
     MAX_CALLS,
@@ -172,13 +172,7 @@ class ToolUseEnv(TextEnv):
 
     # -- episode ------------------------------------------------------------------------------------
     def new_episode(self, options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
-        task_id = (options or {}).get("task_id")
-        if task_id is not None:
-            if str(task_id) not in self._by_id:
-                raise ValueError(f"unknown task_id {task_id!r}")
-            self.task = self._by_id[str(task_id)]
-        else:
-            self.task = self.tasks[rng_choice_index(self.np_random, len(self.tasks))]
+        self.task = pick_task(self.tasks, self._by_id, self.np_random, options)
         self._calls = self._malformed = self._failed = 0
         if self._python is not None:
             self._python.release()  # each episode starts from a clean sandbox (the pool resets it)

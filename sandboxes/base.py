@@ -131,6 +131,15 @@ class Sandbox(abc.ABC):
     ) -> RunResult:
         """Run ``code`` as a ``language`` program in the working directory and report how it ended."""
 
+    def _run_limit(self, language: str, timeout: float | None) -> float:
+        """Validate a run's language and timeout; the wall limit in seconds (the config's by default)."""
+        if language not in LANGUAGES:
+            raise ValueError(f"unknown language {language!r}; expected one of {', '.join(LANGUAGES)}")
+        limit = self.config.timeout if timeout is None else float(timeout)
+        if limit <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        return limit
+
     @abc.abstractmethod
     def write_files(self, files: Mapping[str, str | bytes]) -> None:
         """Write files (paths relative to the working directory) for later runs to read."""

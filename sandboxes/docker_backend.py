@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 
-from .base import LANGUAGES, Language, RunResult, Sandbox, SandboxConfig, SandboxError
+from .base import Language, RunResult, Sandbox, SandboxConfig, SandboxError
 from .docker_channel import ChannelClosed
 from .docker_pool import (  # noqa: F401  (re-exported: the backend's public and test-facing names)
     _EXECUTOR_SOURCE,
@@ -114,11 +114,7 @@ class DockerSandbox(Sandbox):
     ) -> RunResult:
         """Run ``code`` as a ``language`` program in ``/sandbox`` and report how it ended."""
         self._check_open()
-        if language not in LANGUAGES:
-            raise ValueError(f"unknown language {language!r}; expected one of {', '.join(LANGUAGES)}")
-        limit = self.config.timeout if timeout is None else float(timeout)
-        if limit <= 0:
-            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        limit = self._run_limit(language, timeout)
         container = self._container
         if not container.usable:
             try:

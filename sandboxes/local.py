@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import bwrap, limits
-from .base import LANGUAGES, Language, RunResult, Sandbox, SandboxConfig, SandboxError
+from .base import Language, RunResult, Sandbox, SandboxConfig, SandboxError
 from .forkserver import SERVER_SCRIPT, ForkServer, ServerGone, ServerStartError, ServerUnsupported
 from .owner import local_dir_prefix, reap_local_orphans_once
 from .pool import acquire_slot, release_slot
@@ -139,11 +139,7 @@ class LocalSandbox(Sandbox):
     ) -> RunResult:
         """Run ``code`` as a ``language`` program in the working directory and report how it ended."""
         self._check_open()
-        if language not in LANGUAGES:
-            raise ValueError(f"unknown language {language!r}; expected one of {', '.join(LANGUAGES)}")
-        limit = self.config.timeout if timeout is None else float(timeout)
-        if limit <= 0:
-            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        limit = self._run_limit(language, timeout)
         data = stdin.encode() if isinstance(stdin, str) else stdin
         if self.fork_server:
             result = await self._run_forked(language, code, data, limit)
