@@ -59,7 +59,14 @@ PUBLIC = {
         "extract_answer",
         "score",
     },
-    "aligngym.trainers": {"METHODS", "ConfigError", "TrainConfig", "load_config", "train"},
+    "aligngym.trainers": {
+        "METHODS",
+        "ConfigError",
+        "TrainConfig",
+        "as_trl_environment",
+        "load_config",
+        "train",
+    },
     "aligngym.sandboxes": {
         "RunResult",
         "Sandbox",

@@ -2,7 +2,7 @@
 
 from .config import METHODS, ConfigError, TrainConfig, load_config
 
-__all__ = ["METHODS", "ConfigError", "TrainConfig", "load_config", "train"]
+__all__ = ["METHODS", "ConfigError", "TrainConfig", "as_trl_environment", "load_config", "train"]
 
 
 def __getattr__(name: str):
@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from .run import train
 
         return train
+    if name == "as_trl_environment":
+        from .trl_env import as_trl_environment
+
+        return as_trl_environment
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
