@@ -149,6 +149,7 @@ class Executor:
         self.transport = transport
         self.children = {}  # pid -> future of its return code
         self.roots = set()  # pids (and session ids) of runs in flight
+        self.tokens = set()  # ALIGNGYM_RUN values of runs in flight (inherited by their daemons)
         self.tasks = {}  # request id -> task of a run
         self.prlimit = shutil.which("prlimit")
 
@@ -170,12 +171,23 @@ class Executor:
 
     def _protected(self, pid, table):
         """Whether ``pid`` belongs to a run still in flight (same session, or a descendant of its root)."""
-        seen = 0
+        start, seen = pid, 0
         while pid > 1 and seen < 4096:
             if pid in self.roots or table.get(pid, (0, 0, 0, 0))[3] in self.roots:
                 return True
             pid, seen = table.get(pid, (0, 0))[1], seen + 1
-        return False
+        return self._marked_live(start)
+
+    def _marked_live(self, pid):
+        """Whether ``pid``'s environment carries the marker of a run still in flight."""
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                items = f.read().split(b"\0")
+        except OSError:
+            return False
+        return any(
+            i.startswith(b"ALIGNGYM_RUN=") and i[13:].decode("ascii", "replace") in self.tokens for i in items
+        )
 
     def sweep(self):
         """SIGKILL every process except pid 1 and runs in flight: what escaped a finished run (setsid, double fork)."""
@@ -254,6 +266,9 @@ class Executor:
             "PYTHONPATH": ROOT,
         }
         env.update(request.get("env") or {})
+        # A double-forked daemon leaves its run's session and is reparented to us (pid 1), so ancestry cannot
+        # tell whose it is; the inherited marker can (forging another run's only delays its death to that end).
+        token = env["ALIGNGYM_RUN"] = os.urandom(8).hex()
         os.makedirs(CODE_DIR, 0o700, exist_ok=True)
         code_file = os.path.join(CODE_DIR, f"main-{request['id']}{SUFFIX[request['language']]}")
         with open(code_file, "w", encoding="utf-8") as f:
@@ -292,6 +307,7 @@ class Executor:
         exited = loop.create_future()
         self.children[pid] = exited
         self.roots.add(pid)
+        self.tokens.add(token)
         try:
             # The OOM killer must pick the program, never the executor.
             with open(f"/proc/{pid}/oom_score_adj", "w") as f:
@@ -316,6 +332,7 @@ class Executor:
             duration = time.monotonic() - started
         finally:
             self.roots.discard(pid)
+            self.tokens.discard(token)
             kill_group(pid)
             self.sweep()
             await asyncio.wait([p for p, _ in pumps], timeout=GRACE_S)

@@ -237,6 +237,7 @@ def test_host_environment_not_visible(image, monkeypatch):
             "PYTHONUNBUFFERED",
             "PYTHONPATH",
             "EXTRA",
+            "ALIGNGYM_RUN",  # the run's marker, so its daemons are known to belong to it
         }
         assert r.stdout.splitlines()[1] == "yes"
         assert "hunter2" not in sandbox.run("cat /proc/1/environ; env", language="bash").stdout

@@ -1056,21 +1056,10 @@ with open("heartbeat") as f:
 print("daemon alive" if age < 0.5 else f"daemon dead for {age:.2f}s")
 """
 
-SWEEP_KILLS_IN_FLIGHT_DAEMONS = (
-    "docker: executor.py's sweep() at the end of ANY run kills every process that is not pid 1 and not "
-    "protected by _protected(), which follows only the session id and the ppid chain to a root in flight; a "
-    "double-forked setsid daemon of a run still in flight has neither (reparented to pid 1, its own session), "
-    "so it dies as soon as another run in the same sandbox ends, while the local backend keeps it until its "
-    "own run ends (per-run pid namespace). Fix: make each run's root a tiny subreaper "
-    "(PR_SET_CHILD_SUBREAPER) that execs/forks the program, so orphans reparent into the run's own tree, "
-    "and protect a run's tree by that subreaper"
-)
-
 
 def test_daemon_of_an_in_flight_run_survives_other_runs_ending(shared, backend, request):
     """Concurrency: run A double-forks a helper daemon and keeps running; meanwhile run B starts and ends
     in the same sandbox. Expected: A's daemon lives until A ends (then dies with it), unharmed by B's end."""
-    xfail_on(request, backend, "docker", SWEEP_KILLS_IN_FLIGHT_DAEMONS)
     program = Hostile(IN_FLIGHT_DAEMON)
 
     async def both():
