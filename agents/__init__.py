@@ -8,6 +8,7 @@ __all__ = [
     "Agent",
     "AgentError",
     "AgentResponse",
+    "BalancedAgent",
     "OpenAIAgent",
     "SamplingConfig",
     "ScriptedAgent",
@@ -20,6 +21,7 @@ __all__ = [
 
 # The heavy backends (openai, torch/transformers) load on first use, so `import aligngym` stays fast.
 _LAZY = {
+    "BalancedAgent": ".balanced",
     "OpenAIAgent": ".openai_agent",
     "ToolCallResponse": ".openai_agent",
     "ScriptedChatServer": ".server",

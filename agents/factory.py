@@ -9,13 +9,28 @@ from .base import Agent
 
 def build_agent(
     model: str,
-    base_url: str | None = None,
+    base_url: str | list[str] | None = None,
     *,
     temperature: float = 1.0,
     max_tokens: int | None = None,
     **kwargs: Any,
 ) -> Agent:
-    """An OpenAI-protocol agent when ``base_url`` is given, else ``model`` loaded locally (``tiny`` built in)."""
+    """An OpenAI-protocol agent when ``base_url`` is given, else ``model`` loaded locally (``tiny`` built in).
+
+    Several base URLs give a ``BalancedAgent`` over one OpenAI-protocol agent per server.
+    """
+    if isinstance(base_url, list | tuple):
+        urls = list(dict.fromkeys(base_url))
+        if len(urls) > 1:
+            from .balanced import BalancedAgent
+
+            return BalancedAgent(
+                [
+                    build_agent(model, url, temperature=temperature, max_tokens=max_tokens, **kwargs)
+                    for url in urls
+                ]
+            )
+        base_url = urls[0] if urls else None
     if base_url:
         from .openai_agent import OpenAIAgent
 

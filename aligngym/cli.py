@@ -35,7 +35,12 @@ def _parser() -> argparse.ArgumentParser:
         help="'tiny', a local path / hub name, or the server's model name; multi-agent envs: repeat it "
         "(one per seat, in seat order) or write SEAT=NAME; one --model plays every seat (self-play)",
     )
-    ro.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (vllm serve)")
+    ro.add_argument(
+        "--base-url",
+        action="append",
+        help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (vllm serve); repeat it for several "
+        "servers (least outstanding requests, one episode per server)",
+    )
     ro.add_argument("--episodes", type=int, required=True, help="number of episodes")
     ro.add_argument("--concurrency", type=int, default=8, help="episodes in flight at once (default 8)")
     ro.add_argument(

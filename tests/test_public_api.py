@@ -37,6 +37,7 @@ PUBLIC = {
         "Agent",
         "AgentError",
         "AgentResponse",
+        "BalancedAgent",
         "OpenAIAgent",
         "SamplingConfig",
         "ScriptedAgent",
