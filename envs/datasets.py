@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from importlib import resources
@@ -12,9 +13,9 @@ from typing import Any
 def load_rows(source: Any, shipped: str, names: tuple[str, ...] = ()) -> list[Any]:
     """Rows from a list, a JSONL path, or the shipped ``envs/data/<shipped>`` (``source`` None or in ``names``)."""
     if source is None or (isinstance(source, str) and source in names):
-        label = shipped
-        text = resources.files("aligngym.envs").joinpath(f"data/{shipped}").read_text("utf-8")
-    elif isinstance(source, str | Path):
+        # Shipped files are read once per process: many env instances share the parsed rows (read-only).
+        return list(_shipped_rows(shipped))
+    if isinstance(source, str | Path):
         path = Path(source)
         if not path.is_file():
             choices = f", or one of {', '.join(map(repr, names))}" if names else ""
@@ -24,6 +25,16 @@ def load_rows(source: Any, shipped: str, names: tuple[str, ...] = ()) -> list[An
         return list(source)
     else:
         raise TypeError(f"tasks must be a list of rows or a JSONL path, got {type(source).__name__}")
+    return _parse(text, label)
+
+
+@functools.cache
+def _shipped_rows(shipped: str) -> tuple[Any, ...]:
+    text = resources.files("aligngym.envs").joinpath(f"data/{shipped}").read_text("utf-8")
+    return tuple(_parse(text, shipped))
+
+
+def _parse(text: str, label: str) -> list[Any]:
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip():

@@ -70,6 +70,9 @@ def _stem(token: str) -> str:
     return token[:-1] if len(token) > 3 and token.endswith("s") and not token.endswith("ss") else token
 
 
+_SHARED: dict[str | None, Corpus] = {}
+
+
 class Corpus:
     """Documents ``{"id", "title", "text"}`` with the ``search`` (BM25) and ``lookup`` tools."""
 
@@ -94,6 +97,14 @@ class Corpus:
         # BM25+ keeps every term's weight positive; Okapi's goes negative for a term in most of a small corpus.
         self._bm25 = BM25Plus(tokenized)
         self.snippet_chars = snippet_chars
+
+    @classmethod
+    def shared(cls, docs: str | Path | None = None) -> Corpus:
+        """One read-only index per corpus file in a process, so a thousand envs do not build a thousand."""
+        key = None if docs is None else str(docs)
+        if key not in _SHARED:
+            _SHARED[key] = cls(docs)
+        return _SHARED[key]
 
     def search(self, query: str, k: int = 3) -> str:
         """Search the document collection (BM25 keyword ranking) and return the best matches with their ids.
