@@ -26,7 +26,12 @@ def main() -> None:
     parser.add_argument(
         "--envs",
         nargs="+",
-        default=["aligngym/Arithmetic-v0", "aligngym/TextWorld-v0", "aligngym/ToolUse-v0", "aligngym/Debate-v0"],
+        default=[
+            "aligngym/Arithmetic-v0",
+            "aligngym/TextWorld-v0",
+            "aligngym/ToolUse-v0",
+            "aligngym/Debate-v0",
+        ],
     )
     args = parser.parse_args()
     import aligngym

@@ -69,6 +69,26 @@ async def measure(base_url: str, episodes: int, concurrency: int) -> tuple[float
     return summary.written / wall, cpu / max(summary.written, 1), summary.errors
 
 
+async def measure_bare(base_url: str, episodes: int, concurrency: int) -> float:
+    """Episodes/s of a bare loop of ``AsyncOpenAI`` calls under a semaphore: the ceiling with no framework."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with gate:
+            await client.chat.completions.create(
+                model="scripted", messages=[{"role": "user", "content": f"{i % 10}+1="}]
+            )
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(episodes)))
+    rate = episodes / (time.perf_counter() - start)
+    await client.close()
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64], help="concurrent episodes")
@@ -82,14 +102,17 @@ def main() -> None:
         asyncio.run(measure(base_url, 32, 8))  # warm-up: imports, connections
         print(f"server latency {args.latency * 1000:.0f} ms, single-turn episodes, OpenAI-protocol agent")
         print(
-            f"{'concurrency':>11} {'episodes':>9} {'episodes/s':>11} {'ideal':>7} {'% ideal':>8} {'CPU ms/ep':>10} {'errors':>7}"
+            f"{'concurrency':>11} {'episodes':>9} {'episodes/s':>11} {'ideal':>7} {'% ideal':>8} "
+            f"{'CPU ms/ep':>10} {'errors':>7} {'bare loop/s':>12} {'vs bare':>8}"
         )
         for k in args.concurrency:
             n = args.episodes or 20 * k
+            bare = asyncio.run(measure_bare(base_url, n, k))
             rate, cpu, errors = asyncio.run(measure(base_url, n, k))
             ideal = k / args.latency
             print(
-                f"{k:>11} {n:>9} {rate:>11.1f} {ideal:>7.0f} {100 * rate / ideal:>7.1f}% {cpu * 1000:>10.2f} {errors:>7}"
+                f"{k:>11} {n:>9} {rate:>11.1f} {ideal:>7.0f} {100 * rate / ideal:>7.1f}% "
+                f"{cpu * 1000:>10.2f} {errors:>7} {bare:>12.1f} {100 * rate / bare:>7.1f}%"
             )
     finally:
         proc.terminate()
