@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     ro.add_argument("--max-tokens", type=int, default=None, help="most tokens per assistant turn")
     ro.add_argument("--api-key", default="EMPTY", help="API key for --base-url (default EMPTY)")
     ro.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ro.add_argument(
+        "--workers", type=int, default=0, help="run on N Ray actors (pip install 'aligngym[ray]')"
+    )
+    ro.add_argument("--ray-address", default=None, help="an existing Ray cluster ('auto' or HOST:PORT)")
 
     pa = sub.add_parser("pairs", help="build DPO preference pairs from trajectories")
     pa.add_argument("trajectories", metavar="TRAJ.jsonl", help="output of `aligngym rollout`")
@@ -106,6 +110,40 @@ def _check_env(env_id: str, env_kwargs: dict[str, Any]) -> None:
         raise UsageError(
             f"cannot create {env_id} with --env-kwargs {json.dumps(env_kwargs)}: {exc}"
         ) from None
+
+
+async def _rollout_on_ray(
+    args: argparse.Namespace, env_kwargs: dict[str, Any], seat_models: dict[str, str] | None
+):
+    try:
+        import ray  # noqa: F401
+
+        from aligngym.distributed import rollout_ray
+    except ImportError:
+        raise UsageError("--workers needs Ray: pip install 'aligngym[ray]'") from None
+
+    def spec(model: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": model, "temperature": args.temperature, "max_tokens": args.max_tokens}
+        if args.base_url:
+            out.update(base_url=args.base_url, api_key=args.api_key)
+        return out
+
+    agent_spec = (
+        {"seats": {s: spec(m) for s, m in seat_models.items()}} if seat_models else spec(args.model[0])
+    )
+    return await rollout_ray(
+        args.env_id,
+        agent_spec,
+        episodes=args.episodes,
+        out=args.out,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        env_kwargs=env_kwargs,
+        seed=args.seed,
+        resume=args.resume,
+        progress=not args.no_progress,
+        ray_address=args.ray_address,
+    )
 
 
 def _seat_models(env_id: str, env_kwargs: dict[str, Any], models: list[str]) -> dict[str, str] | None:
@@ -165,17 +203,20 @@ async def _rollout(args: argparse.Namespace) -> int:
                 await next(iter(built.values())).check()
             except AgentError as exc:
                 raise UsageError(str(exc)) from None
-        summary = await rollout(
-            args.env_id,
-            agent,
-            episodes=args.episodes,
-            out=args.out,
-            concurrency=args.concurrency,
-            env_kwargs=env_kwargs,
-            seed=args.seed,
-            resume=args.resume,
-            progress=not args.no_progress,
-        )
+        if args.workers:
+            summary = await _rollout_on_ray(args, env_kwargs, seat_models)
+        else:
+            summary = await rollout(
+                args.env_id,
+                agent,
+                episodes=args.episodes,
+                out=args.out,
+                concurrency=args.concurrency,
+                env_kwargs=env_kwargs,
+                seed=args.seed,
+                resume=args.resume,
+                progress=not args.no_progress,
+            )
     finally:
         for policy in built.values():
             await policy.aclose()

@@ -31,6 +31,8 @@ class RolloutSummary:
     mean_reward: float
     duration_s: float
     turns: int
+    #: Episodes handed to another worker because theirs died (Ray rollouts).
+    retried: int = 0
 
     @property
     def episodes_per_s(self) -> float:

@@ -1,0 +1,184 @@
+"""Rollouts on Ray: env instances and their agents live in actors; the driver writes the JSONL.
+
+Each actor plays episodes (``play_episode`` / ``play_multi_agent_episode``, the same code as a local run) and
+returns trajectories; the driver keeps a bounded number in flight (back-pressure), writes each episode when
+it returns, and re-queues the episodes of an actor that died on a fresh actor. Episode ``i`` always has seed
+``seed + i``, so a retried episode is the same episode and ``--resume`` works unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .rollout import RolloutSummary, _Progress
+from .trajectory import Trajectory, TrajectoryWriter
+
+#: Attempts per episode before it is written as failed (a worker that keeps dying takes it down with it).
+MAX_ATTEMPTS = 3
+
+
+class _Worker:
+    """The actor body: builds its agent(s) from a spec and plays episodes concurrently on its own loop."""
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any], agent_spec: dict[str, Any]):
+        from aligngym.agents.factory import build_agent
+        from aligngym.envs.registry import make
+
+        self.env_id, self.env_kwargs = env_id, env_kwargs
+        self._registry_make = make
+        seats = agent_spec.get("seats")
+        if seats:
+            built = {
+                name: build_agent(**spec) for name, spec in {s["model"]: s for s in seats.values()}.items()
+            }
+            self.agent: Any = {seat: built[spec["model"]] for seat, spec in seats.items()}
+        else:
+            self.agent = build_agent(**agent_spec)
+        self._free: list[Any] = []
+
+    async def play(self, episode: int, seed: int) -> list[dict[str, Any]]:
+        """One episode; returns its trajectories (one per seat for multi-agent envs) as dicts."""
+        from aligngym.rollout import play_episode, play_multi_agent_episode, seat_agents
+
+        if self._free:
+            env = self._free.pop()
+        else:
+            env = self._registry_make(self.env_id, **self.env_kwargs)
+            env = getattr(env, "unwrapped", env)
+        try:
+            if hasattr(env, "possible_agents"):
+                group = await play_multi_agent_episode(
+                    env, seat_agents(env, self.agent), self.env_id, episode, seed
+                )
+            else:
+                group = [await play_episode(env, self.agent, self.env_id, episode, seed)]
+        finally:
+            self._free.append(env)
+        return [asdict(t) for t in group]
+
+    def pid(self) -> int:
+        """The actor's process id (for tests and diagnostics)."""
+        import os
+
+        return os.getpid()
+
+
+async def rollout_ray(
+    env_id: str,
+    agent_spec: dict[str, Any],
+    *,
+    episodes: int,
+    out: str | Path,
+    workers: int,
+    concurrency: int = 8,
+    env_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+    ray_address: str | None = None,
+    name_prefix: str | None = None,
+) -> RolloutSummary:
+    """Run ``episodes`` across ``workers`` Ray actors (``concurrency`` episodes in flight per actor)."""
+    import ray
+
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"address": ray_address} if ray_address else {}
+        ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+    env_kwargs = env_kwargs or {}
+    prefix = name_prefix or f"aligngym-{uuid.uuid4().hex[:8]}"
+    remote = ray.remote(_Worker)
+    spawned = iter(range(10**9))
+
+    def new_actor() -> Any:
+        options = {"name": f"{prefix}-{next(spawned)}", "max_concurrency": concurrency, "max_restarts": 0}
+        return remote.options(**options).remote(env_id, env_kwargs, agent_spec)
+
+    actors = [new_actor() for _ in range(workers)]
+    writer = TrajectoryWriter(out, resume=resume)
+    todo = [i for i in range(episodes) if i not in writer.done]
+    skipped = episodes - len(todo)
+    queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+    for i in todo:
+        queue.put_nowait((i, 1))
+    stats = {"written": 0, "errors": 0, "reward": 0.0, "ok": 0, "turns": 0, "retried": 0}
+    bar = _Progress(len(todo), f"{env_id} x{workers} workers") if progress else None
+    remaining = len(todo)
+    done = asyncio.Event()
+    if not remaining:
+        done.set()
+
+    def record(rows: list[dict[str, Any]]) -> None:
+        nonlocal remaining
+        group = [Trajectory.from_dict(r) for r in rows]
+        writer.write(*group)
+        stats["written"] += 1
+        stats["turns"] += group[0].turns
+        if group[0].error:
+            stats["errors"] += 1
+        else:
+            stats["ok"] += 1
+            stats["reward"] += sum(t.reward for t in group) / len(group)
+        if bar:
+            bar.advance(stats)
+        remaining -= 1
+        if remaining == 0:
+            done.set()
+
+    async def slot(index: int) -> None:
+        # One of `concurrency` lanes on actor `index`: at most workers * concurrency episodes in flight.
+        while not done.is_set():
+            try:
+                episode, attempt = await asyncio.wait_for(queue.get(), timeout=0.2)
+            except TimeoutError:
+                continue
+            actor = actors[index]
+            try:
+                rows = await actor.play.remote(episode, seed + episode)
+            except ray.exceptions.RayActorError as exc:
+                stats["retried"] += 1
+                if actors[index] is actor:  # the first lane to notice replaces the dead actor
+                    actors[index] = new_actor()
+                if attempt < MAX_ATTEMPTS:
+                    queue.put_nowait((episode, attempt + 1))
+                else:
+                    failed = Trajectory(
+                        env_id=env_id,
+                        episode=episode,
+                        seed=seed + episode,
+                        error=f"worker died {attempt} times: {type(exc).__name__}",
+                    )
+                    record([asdict(failed)])
+                continue
+            record(rows)
+
+    start = time.perf_counter()
+    try:
+        if bar:
+            bar.start()
+        lanes = [asyncio.create_task(slot(w)) for w in range(workers) for _ in range(concurrency)]
+        await done.wait()
+        for lane in lanes:
+            lane.cancel()
+        await asyncio.gather(*lanes, return_exceptions=True)
+    finally:
+        if bar:
+            bar.stop()
+        writer.close()
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+    return RolloutSummary(
+        path=str(out),
+        requested=episodes,
+        written=stats["written"],
+        skipped=skipped,
+        errors=stats["errors"],
+        mean_reward=stats["reward"] / stats["ok"] if stats["ok"] else 0.0,
+        duration_s=time.perf_counter() - start,
+        turns=stats["turns"],
+        retried=stats["retried"],
+    )
