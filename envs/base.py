@@ -30,7 +30,9 @@ class TextSpace(gym.spaces.Text):
     def __init__(self, max_length: int = 1_000_000, min_length: int = 0, seed: int | None = None):
         super().__init__(max_length=max_length, min_length=min_length, charset=_SAMPLE_CHARSET, seed=seed)
         # Every env has two of these: share the charset tables instead of building them per instance.
-        shared = _SHARED_TABLES.setdefault("tables", (self._char_set, self._char_list, self._char_index, self._char_str))
+        shared = _SHARED_TABLES.setdefault(
+            "tables", (self._char_set, self._char_list, self._char_index, self._char_str)
+        )
         self._char_set, self._char_list, self._char_index, self._char_str = shared
 
     def contains(self, x: Any) -> bool:

@@ -160,7 +160,9 @@ class ToolUseEnv(TextEnv):
     ) -> list[Tool]:
         fns: dict[str, Callable[..., Any]] = {"calculator": calculator}
         if "search" in wanted or "lookup" in wanted:
-            docs = Corpus.shared(corpus) if corpus is None or isinstance(corpus, str | Path) else Corpus(corpus)
+            docs = (
+                Corpus.shared(corpus) if corpus is None or isinstance(corpus, str | Path) else Corpus(corpus)
+            )
             fns.update(search=docs.search, lookup=docs.lookup)
         if "sql" in wanted:
             self.database = SqlDatabase(database)
