@@ -9,13 +9,12 @@ it returns, and re-queues the episodes of an actor that died on a fresh actor. E
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .rollout import RolloutSummary, _Progress
+from .rollout import RolloutSummary, Tally
 from .trajectory import Trajectory, TrajectoryWriter
 
 #: Attempts per episode before it is written as failed (a worker that keeps dying takes it down with it).
@@ -105,8 +104,7 @@ async def rollout_ray(
     queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
     for i in todo:
         queue.put_nowait((i, 1))
-    stats = {"written": 0, "errors": 0, "reward": 0.0, "ok": 0, "turns": 0, "retried": 0}
-    bar = _Progress(len(todo), f"{env_id} x{workers} workers") if progress else None
+    tally = Tally(writer, len(todo), f"{env_id} x{workers} workers", progress)
     remaining = len(todo)
     done = asyncio.Event()
     if not remaining:
@@ -114,17 +112,7 @@ async def rollout_ray(
 
     def record(rows: list[dict[str, Any]]) -> None:
         nonlocal remaining
-        group = [Trajectory.from_dict(r) for r in rows]
-        writer.write(*group)
-        stats["written"] += 1
-        stats["turns"] += group[0].turns
-        if group[0].error:
-            stats["errors"] += 1
-        else:
-            stats["ok"] += 1
-            stats["reward"] += sum(t.reward for t in group) / len(group)
-        if bar:
-            bar.advance(stats)
+        tally.record([Trajectory.from_dict(r) for r in rows])
         remaining -= 1
         if remaining == 0:
             done.set()
@@ -140,7 +128,7 @@ async def rollout_ray(
             try:
                 rows = await actor.play.remote(episode, seed + episode)
             except ray.exceptions.RayActorError as exc:
-                stats["retried"] += 1
+                tally.retried += 1
                 if actors[index] is actor:  # the first lane to notice replaces the dead actor
                     actors[index] = new_actor()
                 if attempt < MAX_ATTEMPTS:
@@ -156,29 +144,18 @@ async def rollout_ray(
                 continue
             record(rows)
 
-    start = time.perf_counter()
     try:
-        if bar:
-            bar.start()
+        if tally.bar:
+            tally.bar.start()
         lanes = [asyncio.create_task(slot(w)) for w in range(workers) for _ in range(concurrency)]
         await done.wait()
         for lane in lanes:
             lane.cancel()
         await asyncio.gather(*lanes, return_exceptions=True)
     finally:
-        if bar:
-            bar.stop()
+        if tally.bar:
+            tally.bar.stop()
         writer.close()
         for actor in actors:
             ray.kill(actor, no_restart=True)
-    return RolloutSummary(
-        path=str(out),
-        requested=episodes,
-        written=stats["written"],
-        skipped=skipped,
-        errors=stats["errors"],
-        mean_reward=stats["reward"] / stats["ok"] if stats["ok"] else 0.0,
-        duration_s=time.perf_counter() - start,
-        turns=stats["turns"],
-        retried=stats["retried"],
-    )
+    return tally.summary(out, episodes, skipped)

@@ -176,8 +176,7 @@ async def rollout(
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in todo:
         queue.put_nowait(i)
-    stats = {"written": 0, "errors": 0, "reward": 0.0, "ok": 0, "turns": 0}
-    bar = _Progress(len(todo), env_id) if progress else None
+    tally = Tally(writer, len(todo), env_id, progress)
     spare = [first_env]
 
     async def worker() -> None:
@@ -189,44 +188,24 @@ async def rollout(
                     group = await play_multi_agent_episode(env, seats, env_id, i, seed + i)
                 else:
                     group = [await play_episode(env, agent, env_id, i, seed + i)]
-                writer.write(*group)
-                traj = group[0]
-                stats["written"] += 1
-                stats["turns"] += traj.turns
-                if traj.error:
-                    stats["errors"] += 1
+                if not tally.record(group):
                     # The env may be mid-episode in an unknown state; a fresh one is cheap insurance.
                     with contextlib.suppress(Exception):
                         env.close()
                     env = _unwrapped(make(env_id, **env_kwargs))
-                else:
-                    stats["ok"] += 1
-                    stats["reward"] += sum(t.reward for t in group) / len(group)
-                if bar:
-                    bar.advance(stats)
         finally:
             with contextlib.suppress(Exception):
                 env.close()
 
-    start = time.perf_counter()
     try:
-        if bar:
-            bar.start()
+        if tally.bar:
+            tally.bar.start()
         await asyncio.gather(*(worker() for _ in range(min(concurrency, max(len(todo), 1)))))
     finally:
-        if bar:
-            bar.stop()
+        if tally.bar:
+            tally.bar.stop()
         writer.close()
-    return RolloutSummary(
-        path=str(out),
-        requested=episodes,
-        written=stats["written"],
-        skipped=skipped,
-        errors=stats["errors"],
-        mean_reward=stats["reward"] / stats["ok"] if stats["ok"] else 0.0,
-        duration_s=time.perf_counter() - start,
-        turns=stats["turns"],
-    )
+    return tally.summary(out, episodes, skipped)
 
 
 def _action(response: Any) -> str | dict[str, Any]:
@@ -239,6 +218,51 @@ def _action(response: Any) -> str | dict[str, Any]:
 def _unwrapped(env: Any) -> Any:
     # Gymnasium wrappers hide ``astep``; PettingZoo envs from our registry are not wrapped.
     return getattr(env, "unwrapped", env)
+
+
+class Tally:
+    """Writes finished episodes and keeps the counts a run reports (and shows on its progress bar)."""
+
+    def __init__(self, writer: TrajectoryWriter, total: int, label: str, progress: bool):
+        self.writer = writer
+        self.written = self.errors = self.ok = self.turns = self.retried = 0
+        self.reward = 0.0
+        self.start = time.perf_counter()
+        self.bar = _Progress(total, label) if progress else None
+
+    def record(self, group: list[Trajectory]) -> bool:
+        """Write one episode's rows (one per seat); False when it failed."""
+        self.writer.write(*group)
+        self.written += 1
+        self.turns += group[0].turns
+        failed = bool(group[0].error)
+        if failed:
+            self.errors += 1
+        else:
+            self.ok += 1
+            self.reward += sum(t.reward for t in group) / len(group)
+        if self.bar:
+            self.bar.advance(self.mean_reward, self.errors)
+        return not failed
+
+    @property
+    def mean_reward(self) -> float:
+        """Mean reward of the episodes that finished without error."""
+        return self.reward / self.ok if self.ok else 0.0
+
+    def summary(self, path: str | Path, requested: int, skipped: int) -> RolloutSummary:
+        """The run's ``RolloutSummary``."""
+        return RolloutSummary(
+            path=str(path),
+            requested=requested,
+            written=self.written,
+            skipped=skipped,
+            errors=self.errors,
+            mean_reward=self.mean_reward,
+            duration_s=time.perf_counter() - self.start,
+            turns=self.turns,
+            retried=self.retried,
+        )
 
 
 class _Progress:
@@ -260,9 +284,8 @@ class _Progress:
     def start(self) -> None:
         self.progress.start()
 
-    def advance(self, stats: dict[str, Any]) -> None:
-        mean = stats["reward"] / stats["ok"] if stats["ok"] else 0.0
-        self.progress.update(self.task, advance=1, reward=mean, errors=stats["errors"])
+    def advance(self, mean_reward: float, errors: int) -> None:
+        self.progress.update(self.task, advance=1, reward=mean_reward, errors=errors)
 
     def stop(self) -> None:
         self.progress.stop()
