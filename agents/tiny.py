@@ -13,8 +13,10 @@ import os
 import shutil
 import string
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -104,19 +106,29 @@ def tiny_model_path(config: TinyConfig | None = None) -> Path:
     by path, vLLM serves a path), so the tiny model exercises the same code as a real one.
     """
     config = config or TinyConfig()
-    key = hashlib.sha256(json.dumps([asdict(config), CHAT_TEMPLATE, SPECIAL_TOKENS]).encode()).hexdigest()[
-        :12
-    ]
+
+    def build(folder: Path) -> None:
+        tokenizer = build_tiny_tokenizer()
+        build_tiny_model(config, tokenizer).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return cached_build("tiny", [asdict(config), CHAT_TEMPLATE, SPECIAL_TOKENS], build)
+
+
+def cached_build(kind: str, key: Any, build: Callable[[Path], None]) -> Path:
+    """A folder under ``$ALIGNGYM_CACHE`` (default ~/.cache/aligngym) that ``build`` fills once per ``key``.
+
+    The folder is built aside and renamed into place, so concurrent builders (test workers) race harmlessly.
+    """
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(os.environ.get("ALIGNGYM_CACHE", Path.home() / ".cache" / "aligngym"))
-    path = root / f"tiny-{key}"
+    path = root / f"{kind}-{digest}"
     if not (path / "config.json").exists():
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
-        tokenizer = build_tiny_tokenizer()
-        build_tiny_model(config, tokenizer).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=root))
+        build(tmp)
         try:
-            tmp.rename(path)  # atomic: concurrent builders race harmlessly, one folder wins
+            tmp.rename(path)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
     return path

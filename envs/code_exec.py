@@ -12,7 +12,7 @@ from aligngym.sandboxes.lease import SandboxLease
 
 from .answers import fenced_blocks, pick_task
 from .base import StepResult, TextEnv
-from .datasets import load_rows
+from .datasets import checked_tasks, load_rows
 
 _PY_LANGS = {"", "python", "python3", "py"}
 _INSTRUCTION = "Answer with the complete solution in a single ```python code block."
@@ -33,14 +33,7 @@ def load_tasks(source: str | Path | Iterable[Mapping[str, Any] | CodeTask] | Non
     """Tasks from a JSONL path, a list of rows, or (``None``) the shipped ``envs/data/code_tasks.jsonl``."""
     rows = load_rows(source, "code_tasks.jsonl")
     tasks = [row if isinstance(row, CodeTask) else CodeTask.from_row(row, i) for i, row in enumerate(rows)]
-    seen: set[str] = set()
-    for task in tasks:
-        if task.id in seen:
-            raise ValueError(f"code task {task.id!r}: duplicate id")
-        seen.add(task.id)
-    if not tasks:
-        raise ValueError("no code tasks given")
-    return tasks
+    return checked_tasks(tasks, "code")
 
 
 class CodeExecEnv(TextEnv):

@@ -43,3 +43,15 @@ def _parse(text: str, label: str) -> list[Any]:
             except ValueError as exc:
                 raise ValueError(f"{label}: line {lineno} is not valid JSON: {exc}") from None
     return rows
+
+
+def checked_tasks(tasks: list[Any], kind: str) -> list[Any]:
+    """``tasks`` (objects with an ``id``) after refusing an empty list and duplicate ids, naming ``kind``."""
+    if not tasks:
+        raise ValueError(f"no {kind} tasks given")
+    seen: set[str] = set()
+    for task in tasks:
+        if task.id in seen:
+            raise ValueError(f"{kind} task {task.id!r}: duplicate id")
+        seen.add(task.id)
+    return tasks

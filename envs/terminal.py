@@ -15,7 +15,7 @@ from aligngym.sandboxes.lease import SandboxLease
 
 from .answers import fenced_blocks
 from .base import StepResult, TextEnv, rng_choice_index, run_sync
-from .datasets import load_rows
+from .datasets import checked_tasks, load_rows
 
 OUTPUT_LIMIT = 2000
 NO_COMMAND = "No command found: put your command in a ```bash block."
@@ -97,14 +97,7 @@ class TerminalTask:
 def load_tasks(source: str | Path | Iterable[Any] | None = None) -> list[TerminalTask]:
     """Tasks from a JSONL path, a list of rows, or (``None``) the shipped ``envs/data/terminal_tasks.jsonl``."""
     tasks = [TerminalTask.from_row(row, i) for i, row in enumerate(load_rows(source, "terminal_tasks.jsonl"))]
-    seen: set[str] = set()
-    for task in tasks:
-        if task.id in seen:
-            raise ValueError(f"terminal task {task.id!r}: duplicate id")
-        seen.add(task.id)
-    if not tasks:
-        raise ValueError("no terminal tasks given")
-    return tasks
+    return checked_tasks(tasks, "terminal")
 
 
 def extract_command(text: str) -> str | None:

@@ -13,11 +13,6 @@ Its scores are deterministic but meaningless until trained; it exists so every c
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import os
-import shutil
-import tempfile
 import threading
 import weakref
 from collections.abc import Sequence
@@ -41,15 +36,12 @@ def tiny_reward_model_path(config: Any = None) -> Path:
         TinyConfig,
         build_tiny_model,
         build_tiny_tokenizer,
+        cached_build,
     )
 
     config = config or TinyConfig()
-    blob = json.dumps(["reward-model", asdict(config), CHAT_TEMPLATE, SPECIAL_TOKENS]).encode()
-    root = Path(os.environ.get("ALIGNGYM_CACHE", Path.home() / ".cache" / "aligngym"))
-    path = root / f"tiny-rm-{hashlib.sha256(blob).hexdigest()[:12]}"
-    if not (path / "config.json").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tiny-rm-", dir=root))
+
+    def build(folder: Path) -> None:
         tokenizer = build_tiny_tokenizer()
         # Same architecture as the tiny policy (one place defines it), with a one-logit score head.
         llama = build_tiny_model(config, tokenizer).config
@@ -57,13 +49,10 @@ def tiny_reward_model_path(config: Any = None) -> Path:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = LlamaForSequenceClassification(llama)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        try:
-            tmp.rename(path)  # atomic: concurrent builders race harmlessly, one folder wins
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return cached_build("tiny-rm", [asdict(config), CHAT_TEMPLATE, SPECIAL_TOKENS], build)
 
 
 @dataclass
