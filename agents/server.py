@@ -21,8 +21,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from .http import HTTPError, HTTPRequest, read_request, write_error, write_response
 
 Message = dict[str, Any]
 #: A list of replies chosen by turn, or ``(messages, request) -> str | dict`` (a dict is the full message).
@@ -30,47 +31,8 @@ Responder = Sequence[str] | Callable[[list[Message], dict[str, Any]], Any]
 #: One per-request action: ``{"status": 500}``, ``{"hang": 2.0}``, ``{"close": True}`` or ``None`` (normal).
 Fault = dict[str, Any] | None
 
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    409: "Conflict",
-    413: "Payload Too Large",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
-_MAX_BODY = 64 * 1024 * 1024
 # Tokens keep their leading whitespace so that joining them gives back the text (as real tokenizers do).
 _TOKEN_RE = re.compile(r"\s*\S+(?:\s+$)?")
-
-
-@dataclass(slots=True)
-class _Request:
-    """One parsed HTTP request."""
-
-    method: str
-    path: str
-    body: bytes
-    keep_alive: bool
-
-
-class _HTTPError(Exception):
-    """An error answered with an OpenAI-shaped JSON body."""
-
-    def __init__(
-        self, status: int, message: str, type_: str = "invalid_request_error", headers: dict | None = None
-    ):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type_
-        self.headers = headers or {}
 
 
 def tokenize(text: str) -> list[str]:
@@ -85,11 +47,6 @@ def _text_of(content: Any) -> str:
     if isinstance(content, list):
         return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
     return ""
-
-
-def _error_body(status: int, message: str, type_: str) -> bytes:
-    code = "not_found" if status == 404 else None
-    return json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
 
 
 class ScriptedChatServer:
@@ -221,9 +178,9 @@ class ScriptedChatServer:
         try:
             while True:
                 try:
-                    request = await self._read_request(reader)
-                except _HTTPError as err:
-                    self._write_error(writer, err, keep_alive=False)
+                    request = await read_request(reader)
+                except HTTPError as err:
+                    write_error(writer, err, keep_alive=False)
                     await writer.drain()
                     break
                 if request is None or not await self._handle(request, writer):
@@ -238,80 +195,7 @@ class ScriptedChatServer:
                 self._connections.discard(task)
             writer.close()
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> _Request | None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial.strip():
-                raise _HTTPError(400, "incomplete request head") from None
-            return None  # clean end of a keep-alive connection
-        except asyncio.LimitOverrunError:
-            raise _HTTPError(431, "request head too large") from None
-        lines = head.decode("latin-1").split("\r\n")
-        try:
-            method, target, version = lines[0].split(" ", 2)
-        except ValueError:
-            raise _HTTPError(400, f"malformed request line {lines[0]!r}") from None
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            body = await self._read_chunked(reader)
-        else:
-            try:
-                length = int(headers.get("content-length", "0"))
-            except ValueError:
-                raise _HTTPError(400, "invalid Content-Length") from None
-            if length > _MAX_BODY:
-                raise _HTTPError(413, f"request body over {_MAX_BODY} bytes")
-            body = await reader.readexactly(length) if length > 0 else b""
-        connection = headers.get("connection", "").lower()
-        keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-        return _Request(method.upper(), target.split("?", 1)[0], body, keep_alive)
-
-    async def _read_chunked(self, reader: asyncio.StreamReader) -> bytes:
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            size_line = await reader.readline()
-            try:
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _HTTPError(400, "malformed chunk size") from None
-            if size == 0:
-                while (await reader.readline()).strip():  # trailers, up to the blank line
-                    pass
-                return b"".join(parts)
-            total += size
-            if total > _MAX_BODY:
-                raise _HTTPError(413, f"request body over {_MAX_BODY} bytes")
-            parts.append(await reader.readexactly(size))
-            await reader.readexactly(2)
-
-    def _write(
-        self,
-        writer: asyncio.StreamWriter,
-        status: int,
-        payload: bytes,
-        keep_alive: bool,
-        headers: dict[str, Any] | None = None,
-    ) -> None:
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()) if headers else ""
-        head = (
-            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-            f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n{extra}\r\n"
-        )
-        writer.write(head.encode("latin-1") + payload)
-
-    def _write_error(self, writer: asyncio.StreamWriter, err: _HTTPError, keep_alive: bool) -> None:
-        self._write(
-            writer, err.status, _error_body(err.status, err.message, err.type), keep_alive, err.headers
-        )
-
-    async def _handle(self, request: _Request, writer: asyncio.StreamWriter) -> bool:
+    async def _handle(self, request: HTTPRequest, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; return whether the connection stays open."""
         self.requests += 1
         fault = next(self._faults, None) if self._faults is not None else None
@@ -324,18 +208,18 @@ class ScriptedChatServer:
                 status = int(fault["status"])
                 message = fault.get("message", f"injected fault: HTTP {status}")
                 type_ = "server_error" if status >= 500 else "invalid_request_error"
-                err = _HTTPError(status, message, type_, fault.get("headers"))
-                self._write_error(writer, err, request.keep_alive)
+                err = HTTPError(status, message, type_, fault.get("headers"))
+                write_error(writer, err, request.keep_alive)
                 await writer.drain()
                 return request.keep_alive
         try:
             await self._route(request, writer)
-        except _HTTPError as err:
-            self._write_error(writer, err, request.keep_alive)
+        except HTTPError as err:
+            write_error(writer, err, request.keep_alive)
         await writer.drain()
         return request.keep_alive
 
-    async def _route(self, request: _Request, writer: asyncio.StreamWriter) -> None:
+    async def _route(self, request: HTTPRequest, writer: asyncio.StreamWriter) -> None:
         path = request.path.rstrip("/")
         if path == "/v1/chat/completions":
             self._require(request, "POST")
@@ -343,36 +227,36 @@ class ScriptedChatServer:
         elif path == "/v1/models":
             self._require(request, "GET")
             body = {"object": "list", "data": [self._model_card()]}
-            self._write(writer, 200, json.dumps(body).encode(), request.keep_alive)
+            write_response(writer, 200, json.dumps(body).encode(), request.keep_alive)
         elif path.startswith("/v1/models/"):
             self._require(request, "GET")
             if path[len("/v1/models/") :] != self.model:
-                raise _HTTPError(404, f"The model `{path[len('/v1/models/') :]}` does not exist.")
-            self._write(writer, 200, json.dumps(self._model_card()).encode(), request.keep_alive)
+                raise HTTPError(404, f"The model `{path[len('/v1/models/') :]}` does not exist.")
+            write_response(writer, 200, json.dumps(self._model_card()).encode(), request.keep_alive)
         elif path == "/health":
-            self._write(writer, 200, b"{}", request.keep_alive)
+            write_response(writer, 200, b"{}", request.keep_alive)
         else:
-            raise _HTTPError(404, f"Invalid URL ({request.method} {request.path})")
+            raise HTTPError(404, f"Invalid URL ({request.method} {request.path})")
 
     @staticmethod
-    def _require(request: _Request, method: str) -> None:
+    def _require(request: HTTPRequest, method: str) -> None:
         if request.method != method:
-            raise _HTTPError(405, f"Method {request.method} not allowed for {request.path}; use {method}")
+            raise HTTPError(405, f"Method {request.method} not allowed for {request.path}; use {method}")
 
     def _model_card(self) -> dict[str, Any]:
         return {"id": self.model, "object": "model", "created": 0, "owned_by": "aligngym"}
 
     # -- chat completions ---------------------------------------------------------------------------
-    async def _chat(self, request: _Request, writer: asyncio.StreamWriter) -> None:
+    async def _chat(self, request: HTTPRequest, writer: asyncio.StreamWriter) -> None:
         try:
             body = json.loads(request.body)
         except ValueError:
-            raise _HTTPError(400, "request body is not valid JSON") from None
+            raise HTTPError(400, "request body is not valid JSON") from None
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
-            raise _HTTPError(400, "'messages' must be a non-empty list of message objects")
+            raise HTTPError(400, "'messages' must be a non-empty list of message objects")
         messages = body["messages"]
         if not all(isinstance(m, dict) for m in messages):
-            raise _HTTPError(400, "'messages' must be a non-empty list of message objects")
+            raise HTTPError(400, "'messages' must be a non-empty list of message objects")
         self.last_request = body
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
@@ -382,7 +266,7 @@ class ScriptedChatServer:
                 reply = await reply
             message, finish_reason = _as_message(reply)
         except Exception as exc:  # a broken test responder should surface as a server error, not a hang
-            raise _HTTPError(500, f"responder failed: {type(exc).__name__}: {exc}", "server_error") from None
+            raise HTTPError(500, f"responder failed: {type(exc).__name__}: {exc}", "server_error") from None
 
         tokens = tokenize(message["content"]) if isinstance(message.get("content"), str) else []
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -416,7 +300,7 @@ class ScriptedChatServer:
             for i in range(n)
         ]
         completion = {**header, "object": "chat.completion", "choices": choices, "usage": usage}
-        self._write(writer, 200, json.dumps(completion).encode(), request.keep_alive)
+        write_response(writer, 200, json.dumps(completion).encode(), request.keep_alive)
 
     def _reply(self, messages: list[Message], body: dict[str, Any]) -> Any:
         if callable(self.responder):
