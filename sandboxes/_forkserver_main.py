@@ -270,6 +270,7 @@ class Server:
             os.setsid()
             _prctl(PR_SET_DUMPABLE, 1)
             _drop_capabilities()
+            _deny_user_namespaces()
             stdin = fds[3] if job["stdin"] else os.open(os.devnull, os.O_RDONLY)
             for target, fd in enumerate((stdin, fds[1], fds[2])):
                 os.dup2(fd, target)
@@ -296,6 +297,47 @@ class Server:
                 )
             finally:
                 os._exit(127)
+
+
+# seccomp: a run may not create user namespaces (the kernel attack surface docker's profile closes too).
+# clone3 passes its flags in memory a filter cannot read, so it gets ENOSYS and libc falls back to clone.
+_SECCOMP_SYSCALLS = {"x86_64": (0xC000003E, 272, 56, 435), "aarch64": (0xC00000B7, 97, 220, 435)}
+
+
+def _deny_user_namespaces() -> None:
+    """Install a seccomp filter refusing unshare/clone with CLONE_NEWUSER (EPERM) and clone3 (ENOSYS)."""
+    import platform
+    import struct
+
+    known = _SECCOMP_SYSCALLS.get(platform.machine())
+    if known is None:
+        return  # an architecture we have no syscall numbers for keeps the namespace-only isolation
+    arch, nr_unshare, nr_clone, nr_clone3 = known
+    ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
+    allow, errno_ret = 0x7FFF0000, 0x00050000
+    program = [
+        (ld, 0, 0, 4),  # seccomp_data.arch
+        (jeq, 0, 4, arch),  # another ABI: allow
+        (ld, 0, 0, 0),  # seccomp_data.nr
+        (jeq, 7, 0, nr_clone3),
+        (jeq, 2, 0, nr_unshare),
+        (jeq, 1, 0, nr_clone),
+        (ret, 0, 0, allow),
+        (ld, 0, 0, 16),  # low 32 bits of args[0]: the clone/unshare flags
+        (jset, 1, 0, 0x10000000),  # CLONE_NEWUSER
+        (ret, 0, 0, allow),
+        (ret, 0, 0, errno_ret | 1),  # EPERM
+        (ret, 0, 0, errno_ret | 38),  # ENOSYS
+    ]
+    blob = b"".join(struct.pack("HBBI", *ins) for ins in program)
+    filters = ctypes.create_string_buffer(blob)
+
+    class _Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = _Prog(len(program), ctypes.cast(filters, ctypes.c_void_p))
+    _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: required to install a filter without privileges
+    _check(_libc.prctl(22, 2, ctypes.byref(prog), 0, 0), "seccomp filter")  # PR_SET_SECCOMP, FILTER
 
 
 def _stdio(fd: int, like: io.TextIOWrapper, write: bool) -> io.TextIOWrapper:

@@ -840,19 +840,10 @@ rc = libc.unshare(0x10000000)  # CLONE_NEWUSER
 print(r.returncode, rc, flush=True)
 """
 
-NESTED_USERNS = (
-    "the local backend lets sandboxed code create nested user namespaces: `unshare -r -m` succeeds (uid 0 "
-    "with every capability in the new namespace, and mount works there). Nothing escapes the sandbox, but "
-    "it opens the kernel's user-namespace attack surface that docker's seccomp profile closes. Fix: deny "
-    "CLONE_NEWUSER in runs (a seccomp filter in the fork server's program setup, or bwrap --disable-userns "
-    "in one-shot mode)"
-)
-
 
 def test_unshare_is_refused(shared, backend, request):
     """Attack: ``unshare -r -m`` (a nested user + mount namespace) and the raw unshare(CLONE_NEWUSER).
     Expected: both fail (EPERM)."""
-    xfail_on(request, backend, "local", NESTED_USERNS)
     w = run_watched(shared, Hostile(UNSHARE.replace("CANARY", uuid.uuid4().hex)))
     assert w.result.ok, w.result
     tool_rc, syscall_rc = map(int, w.result.stdout.split())
