@@ -57,20 +57,15 @@ class Item:
 
     @property
     def name(self) -> str:
+        """How the world names it: colour and kind."""
         return f"{self.colour} {self.kind}"
 
 
 @dataclass(frozen=True)
-class Container:
-    """A fixed, openable container standing in a room."""
+class Container(Item):
+    """A fixed, openable container standing in a room (named like an item)."""
 
-    colour: str
-    kind: str
     room: str
-
-    @property
-    def name(self) -> str:
-        return f"{self.colour} {self.kind}"
 
 
 @dataclass(frozen=True)

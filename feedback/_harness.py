@@ -46,6 +46,12 @@ def _harness():
         except BaseExc:
             return ""
 
+    def report_test(i, ok, timed_out, err, key, tail):
+        # Built from literals, digits and hex only, like every report line.
+        parts = ['{"k":"test","i":', irepr(i), ',"ok":', "true" if ok else "false", ',"to":']
+        parts += ["true" if timed_out else "false", ',"err":"', hx(err), key, tail, '"}']
+        report(join("", parts))
+
     class Timeout(BaseException):
         pass
 
@@ -234,24 +240,7 @@ def _harness():
                     return join("", out)
 
                 ok, timed_out, err, ln, value = run(call, limit)
-                report(
-                    join(
-                        "",
-                        [
-                            '{"k":"test","i":',
-                            irepr(i),
-                            ',"ok":',
-                            "true" if ok else "false",
-                            ',"to":',
-                            "true" if timed_out else "false",
-                            ',"err":"',
-                            hx(err),
-                            '","val":"',
-                            hx(value, 120000),
-                            '"}',
-                        ],
-                    )
-                )
+                report_test(i, ok, timed_out, err, '","val":"', hx(value, 120000))
         else:
             for i in range_(len_(compiled)):
 
@@ -265,24 +254,7 @@ def _harness():
                     return ""
 
                 ok, timed_out, err, ln, _ = run(test, limit)
-                report(
-                    join(
-                        "",
-                        [
-                            '{"k":"test","i":',
-                            irepr(i),
-                            ',"ok":',
-                            "true" if ok else "false",
-                            ',"to":',
-                            "true" if timed_out else "false",
-                            ',"err":"',
-                            hx(err),
-                            '","ln":"',
-                            ln,
-                            '"}',
-                        ],
-                    )
-                )
+                report_test(i, ok, timed_out, err, '","ln":"', ln)
     report('{"k":"end"}')
     exit_(0)  # skip interpreter teardown: the solution's threads and atexit hooks must not hang the run
 

@@ -7,8 +7,7 @@ from typing import Any
 
 from .config import TrainConfig
 from .env_rollout import EnvRollout, prompt_key
-from .logging import MetricsCallback
-from .offline import checkpointing, fit, peft_config
+from .offline import checkpointing, peft_config, run_trainer
 
 
 def env_prompt_dataset(env_id: str, env_kwargs: dict[str, Any], num_prompts: int):
@@ -105,17 +104,17 @@ def train_grpo(config: TrainConfig, model, tokenizer):
     }
     # Keys under `trl:` in the config override ours.
     args = GRPOConfig(**{**defaults, **config.trl})
-    trainer = GRPOTrainer(
-        model=model,
+    return run_trainer(
+        GRPOTrainer,
+        args,
+        config,
+        model,
+        tokenizer,
+        dataset,
         reward_funcs=reward_funcs,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
         rollout_func=rollout,
         peft_config=peft_config(config),
-        callbacks=[MetricsCallback(config.output_dir, append=config.resume)],
     )
-    return fit(trainer, config)
 
 
 def _cuda() -> bool:

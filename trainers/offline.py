@@ -59,6 +59,19 @@ def peft_config(config: TrainConfig):
     )
 
 
+def run_trainer(trainer_cls, args, config: TrainConfig, model, tokenizer, dataset, **extra: Any):
+    """Build a TRL trainer with our metrics callback, then train it (resuming when asked)."""
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[MetricsCallback(config.output_dir, append=config.resume)],
+        **extra,
+    )
+    return fit(trainer, config)
+
+
 def fit(trainer, config: TrainConfig):
     """``trainer.train()``, resuming from the last checkpoint of ``output_dir`` when asked and present."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -89,15 +102,7 @@ def train_dpo(config: TrainConfig, model, tokenizer):
         )
     dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     args = DPOConfig(beta=config.beta or 0.1, **_common_args(config))
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config(config),
-        callbacks=[MetricsCallback(config.output_dir, append=config.resume)],
-    )
-    return fit(trainer, config)
+    return run_trainer(DPOTrainer, args, config, model, tokenizer, dataset, peft_config=peft_config(config))
 
 
 def train_sft(config: TrainConfig, model, tokenizer):
@@ -111,15 +116,7 @@ def train_sft(config: TrainConfig, model, tokenizer):
     dataset = Dataset.from_list([{"messages": k["messages"]} for k in kept])
     # Environment turns are context, not targets: only the policy's own turns are trained on.
     args = SFTConfig(assistant_only_loss=True, **_common_args(config))
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config(config),
-        callbacks=[MetricsCallback(config.output_dir, append=config.resume)],
-    )
-    return fit(trainer, config)
+    return run_trainer(SFTTrainer, args, config, model, tokenizer, dataset, peft_config=peft_config(config))
 
 
 def completion_logprob(model, tokenizer, prompt: list[dict], completion: list[dict]) -> float:
@@ -180,14 +177,7 @@ def train_reward(config: TrainConfig):
         raise ConfigError(f"data: no preference pairs in {config.data} (see min_margin)")
     model, tokenizer = load_reward_model(config.model)
     dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
-    trainer = RewardTrainer(
-        model=model,
-        args=RewardConfig(**_common_args(config)),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=[MetricsCallback(config.output_dir, append=config.resume)],
-    )
-    return fit(trainer, config)
+    return run_trainer(RewardTrainer, RewardConfig(**_common_args(config)), config, model, tokenizer, dataset)
 
 
 def pair_accuracy(model, tokenizer, pairs: list[dict[str, Any]]) -> float:
