@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=0, help="run on N Ray actors (pip install 'aligngym[ray]')"
     )
     ro.add_argument("--ray-address", default=None, help="an existing Ray cluster ('auto' or HOST:PORT)")
+    ro.add_argument(
+        "--max-sandboxes",
+        type=int,
+        default=None,
+        help="most sandboxes live at once: across all --workers (cluster-wide), else in this process",
+    )
 
     pa = sub.add_parser("pairs", help="build DPO preference pairs from trajectories")
     pa.add_argument("trajectories", metavar="TRAJ.jsonl", help="output of `aligngym rollout`")
@@ -143,6 +149,7 @@ async def _rollout_on_ray(
         resume=args.resume,
         progress=not args.no_progress,
         ray_address=args.ray_address,
+        max_sandboxes=args.max_sandboxes,
     )
 
 
@@ -183,6 +190,12 @@ async def _rollout(args: argparse.Namespace) -> int:
     env_kwargs = _json_object(args.env_kwargs, "--env-kwargs")
     if args.episodes < 0 or args.concurrency < 1:
         raise UsageError("--episodes must be >= 0 and --concurrency >= 1")
+    if args.max_sandboxes is not None and args.max_sandboxes < 1:
+        raise UsageError("--max-sandboxes must be >= 1")
+    if args.max_sandboxes is not None and not args.workers:
+        from aligngym.sandboxes.pool import set_max_sandboxes
+
+        set_max_sandboxes(args.max_sandboxes)
     _check_env(args.env_id, env_kwargs)
     seat_models = _seat_models(args.env_id, env_kwargs, args.model)
     extra = {"api_key": args.api_key} if args.base_url else {}
@@ -223,7 +236,9 @@ async def _rollout(args: argparse.Namespace) -> int:
     print(
         f"wrote {summary.written} episodes to {summary.path} "
         f"(skipped {summary.skipped} already done, {summary.errors} errors, "
-        f"mean reward {summary.mean_reward:.4f}, {summary.episodes_per_s:.1f} episodes/s)"
+        f"mean reward {summary.mean_reward:.4f}, {summary.episodes_per_s:.1f} episodes/s"
+        + (f", at most {summary.sandboxes_peak} sandboxes live" if summary.sandboxes_peak else "")
+        + ")"
     )
     return 0
 

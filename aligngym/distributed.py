@@ -9,6 +9,7 @@ it returns, and re-queues the episodes of an actor that died on a fresh actor. E
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -24,9 +25,22 @@ MAX_ATTEMPTS = 3
 class _Worker:
     """The actor body: builds its agent(s) from a spec and plays episodes concurrently on its own loop."""
 
-    def __init__(self, env_id: str, env_kwargs: dict[str, Any], agent_spec: dict[str, Any]):
+    def __init__(
+        self,
+        env_id: str,
+        env_kwargs: dict[str, Any],
+        agent_spec: dict[str, Any],
+        quota: Any = None,
+        name: str = "",
+    ):
         from aligngym.agents.factory import build_agent
         from aligngym.envs.registry import make
+
+        if quota is not None:  # before any sandbox exists, so every one of them holds a ticket
+            from aligngym.sandbox_quota import RayQuotaGate
+            from aligngym.sandboxes.pool import set_cluster_gate
+
+            set_cluster_gate(RayQuotaGate(quota, name))
 
         self.env_id, self.env_kwargs = env_id, env_kwargs
         self._registry_make = make
@@ -81,10 +95,17 @@ async def rollout_ray(
     progress: bool = True,
     ray_address: str | None = None,
     name_prefix: str | None = None,
+    max_sandboxes: int | None = None,
 ) -> RolloutSummary:
-    """Run ``episodes`` across ``workers`` Ray actors (``concurrency`` episodes in flight per actor)."""
+    """Run ``episodes`` across ``workers`` Ray actors (``concurrency`` episodes in flight per actor).
+
+    ``max_sandboxes`` caps the sandboxes live at once across all workers (a ``SandboxQuota`` actor); each
+    worker's own process-wide cap (``ALIGNGYM_MAX_SANDBOXES``) still applies too.
+    """
     import ray
 
+    if max_sandboxes is not None and (not isinstance(max_sandboxes, int) or max_sandboxes < 1):
+        raise ValueError(f"max_sandboxes must be an integer >= 1, got {max_sandboxes!r}")
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"address": ray_address} if ray_address else {}
         ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
@@ -92,10 +113,17 @@ async def rollout_ray(
     prefix = name_prefix or f"aligngym-{uuid.uuid4().hex[:8]}"
     remote = ray.remote(_Worker)
     spawned = iter(range(10**9))
+    quota = None
+    if max_sandboxes is not None:
+        from .sandbox_quota import SandboxQuota
+
+        quota = ray.remote(SandboxQuota).options(name=f"{prefix}-quota").remote(max_sandboxes)
+    names: list[str] = []
 
     def new_actor() -> Any:
-        options = {"name": f"{prefix}-{next(spawned)}", "max_concurrency": concurrency, "max_restarts": 0}
-        return remote.options(**options).remote(env_id, env_kwargs, agent_spec)
+        names.append(f"{prefix}-{next(spawned)}")
+        options = {"name": names[-1], "max_concurrency": concurrency, "max_restarts": 0}
+        return remote.options(**options).remote(env_id, env_kwargs, agent_spec, quota, names[-1])
 
     actors = [new_actor() for _ in range(workers)]
     writer = TrajectoryWriter(out, resume=resume)
@@ -130,7 +158,10 @@ async def rollout_ray(
             except ray.exceptions.RayActorError as exc:
                 tally.retried += 1
                 if actors[index] is actor:  # the first lane to notice replaces the dead actor
+                    if quota is not None:  # its sandboxes died with it
+                        quota.forget.remote(names[index])
                     actors[index] = new_actor()
+                    names[index] = names.pop()
                 if attempt < MAX_ATTEMPTS:
                     queue.put_nowait((episode, attempt + 1))
                 else:
@@ -144,6 +175,7 @@ async def rollout_ray(
                 continue
             record(rows)
 
+    peak = None
     try:
         if tally.bar:
             tally.bar.start()
@@ -152,10 +184,14 @@ async def rollout_ray(
         for lane in lanes:
             lane.cancel()
         await asyncio.gather(*lanes, return_exceptions=True)
+        if quota is not None:
+            peak = (await quota.stats.remote())["peak"]
     finally:
         if tally.bar:
             tally.bar.stop()
         writer.close()
         for actor in actors:
             ray.kill(actor, no_restart=True)
-    return tally.summary(out, episodes, skipped)
+        if quota is not None:
+            ray.kill(quota, no_restart=True)
+    return dataclasses.replace(tally.summary(out, episodes, skipped), sandboxes_peak=peak)

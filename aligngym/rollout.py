@@ -33,6 +33,8 @@ class RolloutSummary:
     turns: int
     #: Episodes handed to another worker because theirs died (Ray rollouts).
     retried: int = 0
+    #: Most sandboxes live at once across the workers, when a cluster-wide cap was set (Ray rollouts).
+    sandboxes_peak: int | None = None
 
     @property
     def episodes_per_s(self) -> float:

@@ -104,6 +104,9 @@ class TextEnv(gym.Env[str, str], abc.ABC):
         """Async twin of ``turn``; environments that block (sandboxes, servers) override it."""
         return self.turn(action)
 
+    def end_episode(self) -> None:
+        """Free what only a running episode needs (e.g. give a pooled sandbox back); called once it ends."""
+
     # -- gymnasium API ------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
         super().reset(seed=seed)
@@ -152,6 +155,9 @@ class TextEnv(gym.Env[str, str], abc.ABC):
         terminated = bool(result.terminated) or self.max_turns == 1
         truncated = not terminated and self.turns >= self.max_turns
         self._done = terminated or truncated
+        if self._done:
+            # An env parked between episodes must not hold a sandbox that another episode waits for.
+            self.end_episode()
         if result.messages is not None:
             self.messages.extend(dict(m) for m in result.messages)
         elif not self._done:

@@ -101,9 +101,12 @@ class CodeExecEnv(TextEnv):
         verifier = self._verifier or await asyncio.to_thread(self._get_verifier)
         return self._score(await verifier.averify(extract_code(action), task))
 
-    def close(self) -> None:
+    def end_episode(self) -> None:
         self._lease.release()
         self._verifier = None
+
+    def close(self) -> None:
+        self.end_episode()
         super().close()
 
     # -- helpers ------------------------------------------------------------------------------------

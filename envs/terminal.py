@@ -256,8 +256,11 @@ class TerminalEnv(TextEnv):
         check = await sandbox.arun(_PRELUDE + task.check, "bash", timeout=self.timeout)
         return self._score(task, result, check.ok)
 
-    def close(self) -> None:
+    def end_episode(self) -> None:
         self._lease.release()
+
+    def close(self) -> None:
+        self.end_episode()
         super().close()
 
     # -- helpers ------------------------------------------------------------------------------------

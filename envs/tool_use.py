@@ -227,9 +227,12 @@ class ToolUseEnv(TextEnv):
             messages=messages,
         )
 
-    def close(self) -> None:
+    def end_episode(self) -> None:
         if self._python is not None:
             self._python.release()
+
+    def close(self) -> None:
+        self.end_episode()
         super().close()
 
     # -- helpers ------------------------------------------------------------------------------------

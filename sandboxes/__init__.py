@@ -12,10 +12,11 @@ from .docker_image import build_image, ensure_image
 from .factory import BACKENDS, make_sandbox
 from .lease import SandboxLease
 from .local import LocalSandbox, bwrap_available
-from .pool import SandboxPool, get_pool, set_max_sandboxes
+from .pool import ClusterGate, SandboxPool, get_pool, set_cluster_gate, set_max_sandboxes
 
 __all__ = [
     "BACKENDS",
+    "ClusterGate",
     "DockerPool",
     "DockerSandbox",
     "LocalSandbox",
@@ -31,5 +32,6 @@ __all__ = [
     "get_pool",
     "make_sandbox",
     "reap_orphans",
+    "set_cluster_gate",
     "set_max_sandboxes",
 ]

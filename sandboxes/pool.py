@@ -1,7 +1,8 @@
 """Warm sandboxes reused across episodes, and a process-wide hard cap on live sandboxes.
 
 The cap counts every sandbox of every backend and pool: ``ALIGNGYM_MAX_SANDBOXES`` (default 32) sets it at
-import, ``set_max_sandboxes(n)`` later. A backend takes a slot when it creates a sandbox (``acquire_slot``)
+import, ``set_max_sandboxes(n)`` later. A ``ClusterGate`` (``set_cluster_gate``) adds a second, cluster-wide
+cap that several processes share (e.g. Ray workers, ``aligngym.sandbox_quota``). A backend takes a slot when it creates a sandbox (``acquire_slot``)
 and gives it back when the sandbox closes (``release_slot``). Past the cap, creation first closes an idle
 pooled sandbox to make room, else waits (threads block, coroutines await) until a sandbox closes, and raises
 ``SandboxError`` after ``SandboxConfig.slot_timeout`` seconds.
@@ -24,11 +25,26 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from .base import Sandbox, SandboxConfig, SandboxError
 
 _DEFAULT_MAX = 32
+#: How often a process re-asks a cluster gate that said no, and checks whether others wait for its idle ones.
+CLUSTER_POLL_S = 0.1
+
+
+class ClusterGate(Protocol):
+    """A cap shared by several processes: one ticket per live sandbox, on top of the process-wide cap."""
+
+    def take(self) -> bool:
+        """Take a ticket if one is free now (never waits); a refusal records that this process is waiting."""
+
+    def give(self) -> None:
+        """Give a ticket back (fire and forget; called when a sandbox closes)."""
+
+    def others_waiting(self) -> bool:
+        """Whether another process is waiting for a ticket (then this one closes its idle sandboxes)."""
 
 
 class _Gate:
@@ -41,6 +57,8 @@ class _Gate:
         self.futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.used = 0
         self.limit = _limit_from_env()
+        self.cluster: ClusterGate | None = None
+        self.cluster_refused = False  # the last refusal came from the cluster, not from this process
 
     def wake(self) -> None:
         """Wake every waiter; call with ``lock`` held."""
@@ -51,15 +69,19 @@ class _Gate:
         self.futures.clear()
 
     def try_take(self) -> bool:
-        """Take a slot if the cap allows; call with ``lock`` held."""
-        if self.used < self.limit:
-            self.used += 1
-            return True
-        return False
+        """Take a slot if the cap (and the cluster's, when set) allows; call with ``lock`` held."""
+        self.cluster_refused = False
+        if self.used >= self.limit:
+            return False
+        if self.cluster is not None and not self.cluster.take():
+            self.cluster_refused = True
+            return False
+        self.used += 1
+        return True
 
     def wait(self, deadline: float) -> bool:
         """Block until the next ``wake`` or ``deadline``; False when the deadline had passed. Lock held."""
-        remaining = deadline - time.monotonic()
+        remaining = _wait_budget(deadline)
         if remaining <= 0:
             return False
         self.cond.wait(remaining)
@@ -78,9 +100,15 @@ def _settle(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def _wait_budget(deadline: float) -> float:
+    # A cluster gate frees tickets in other processes, which wake nobody here: poll it instead.
+    remaining = deadline - time.monotonic()
+    return min(remaining, CLUSTER_POLL_S) if _gate.cluster is not None and remaining > 0 else remaining
+
+
 async def _await_wake(future: asyncio.Future[None], deadline: float) -> bool:
     """Await a ``_Gate.future`` until ``deadline``; False when the deadline had passed."""
-    remaining = deadline - time.monotonic()
+    remaining = _wait_budget(deadline)
     if remaining <= 0:
         return False
     with contextlib.suppress(asyncio.TimeoutError):
@@ -121,6 +149,11 @@ def live_sandboxes() -> int:
 
 
 def _full_error(timeout: float) -> SandboxError:
+    if _gate.cluster_refused:
+        return SandboxError(
+            f"no sandbox slot became free within {timeout:g}s: the cluster-wide sandbox cap is reached "
+            "(rollout --max-sandboxes); raise it or lower --workers/--concurrency"
+        )
     return SandboxError(
         f"no sandbox slot became free within {timeout:g}s: {_gate.used} sandboxes are live and the cap "
         f"is {_gate.limit} (ALIGNGYM_MAX_SANDBOXES / set_max_sandboxes); close sandboxes you no longer need"
@@ -178,8 +211,30 @@ def register_idle_source(has_idle: Callable[[], bool], evict_one: Callable[[], b
 def release_slot() -> None:
     """Give back a slot when a sandbox closes; wakes waiting creations."""
     with _gate.lock:
+        if _gate.used and _gate.cluster is not None:
+            with contextlib.suppress(Exception):  # may run from __del__ at shutdown
+                _gate.cluster.give()
         _gate.used = max(0, _gate.used - 1)
         _gate.wake()
+
+
+def set_cluster_gate(gate: ClusterGate | None) -> None:
+    """Share a cluster-wide cap with other processes (None: only the process-wide cap)."""
+    with _gate.lock:
+        _gate.cluster = gate
+        _gate.wake()
+    if gate is not None:
+        threading.Thread(target=_yield_idle_to_others, args=(gate,), daemon=True).start()
+
+
+def _yield_idle_to_others(gate: ClusterGate) -> None:
+    # Idle pooled sandboxes hold tickets; while another process waits for one, close them (as a creation here
+    # would). Without this, a worker whose episodes ended would keep its warm sandboxes and starve the rest.
+    while _gate.cluster is gate:
+        time.sleep(CLUSTER_POLL_S)
+        with contextlib.suppress(Exception):
+            if _any_idle() and gate.others_waiting():
+                _evict_idle()
 
 
 def _any_idle() -> bool:

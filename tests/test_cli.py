@@ -141,7 +141,10 @@ def test_rollout_against_openai_protocol_server(chat_server, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_loses_and_repeats_nothing(chat_server, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2], ids=["local", "ray-2-workers"])
+def test_kill_9_then_resume_loses_and_repeats_nothing(chat_server, tmp_path, workers):
+    if workers:
+        pytest.importorskip("ray", reason="Ray is the optional extra aligngym[ray]")
     server = chat_server(lambda messages, request: solve(messages), latency_s=0.05)
     out = tmp_path / "r.jsonl"
     args = [
@@ -158,9 +161,10 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(chat_server, tmp_path):
         "--out",
         str(out),
         "--no-progress",
+        *(["--workers", str(workers)] if workers else []),
     ]
     proc = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 20):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)

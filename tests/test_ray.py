@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 from _helpers import solve
@@ -83,3 +85,65 @@ def test_killed_worker_episodes_are_retried_elsewhere(local_ray, chat_server, tm
     assert sorted(r["episode"] for r in rows) == list(range(60)), "none lost, none duplicated"
     assert summary.errors == 0 and all(r["reward"] == 1.5 for r in rows)
     assert summary.retried >= 1, "the kill must have hit episodes in flight"
+
+
+def test_cluster_wide_sandbox_cap_holds_across_workers(local_ray, chat_server, tmp_path):
+    import re
+    import tempfile
+    import threading
+
+    from aligngym.distributed import rollout_ray
+    from aligngym.sandboxes.owner import LOCAL_PREFIX
+
+    reply = "```python\nimport time\ntime.sleep(0.3)\n```"
+    server = chat_server(lambda messages, request: reply, latency_s=0.05)
+    out = tmp_path / "r.jsonl"
+    worker_pids: set[str] = set()
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        # Count the workers' sandbox directories on disk: an observation independent of the quota actor.
+        pattern = re.compile(re.escape(LOCAL_PREFIX) + r"(\d+)-")
+        while not stop.is_set():
+            names = os.listdir(tempfile.gettempdir())
+            seen.append(sum(1 for n in names if (m := pattern.match(n)) and m.group(1) in worker_pids))
+            time.sleep(0.005)
+
+    async def main():
+        run = asyncio.create_task(
+            rollout_ray(
+                "aligngym/CodeExec-v0",
+                {"model": "scripted", "base_url": server.base_url},
+                episodes=16,
+                out=out,
+                workers=2,
+                concurrency=3,
+                env_kwargs={"sandbox_kwargs": {"slot_timeout": 90}},
+                progress=False,
+                name_prefix="captest",
+                max_sandboxes=2,
+            )
+        )
+        for i in range(2):
+            while True:
+                try:
+                    actor = ray.get_actor(f"captest-{i}")
+                    break
+                except ValueError:
+                    await asyncio.sleep(0.05)
+            worker_pids.add(str(await actor.pid.remote()))
+        return await run
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        summary = asyncio.run(main())
+    finally:
+        stop.set()
+        sampler.join()
+    rows = read_trajectories(out)
+    assert sorted(r["episode"] for r in rows) == list(range(16))
+    assert summary.errors == 0, [r["error"] for r in rows if r.get("error")]
+    assert 1 <= max(seen) <= 2, f"{max(seen)} sandboxes were live at once under a cap of 2"
+    assert summary.sandboxes_peak == 2, "six episodes in flight must have reached the cap"

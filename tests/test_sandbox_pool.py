@@ -200,3 +200,66 @@ def test_code_exec_rollout_uses_at_most_concurrency_sandboxes(tmp_path):
     stats = get_pool("local", timeout=10.0, memory_mb=511).stats()
     assert stats.created <= 8 and stats.peak <= 8 and stats.in_use == 0
     assert stats.idle == stats.created - stats.discarded
+
+
+@pytest.mark.parametrize(
+    "env_id, action",
+    [("aligngym/CodeExec-v0", "```python\nprint(1)\n```"), ("aligngym/Terminal-v0", "ls")],
+)
+def test_a_finished_episode_gives_its_sandbox_back(room, env_id, action):
+    import aligngym
+
+    room(1)
+    kwargs = {"sandbox": "local", "max_turns": 1, "sandbox_kwargs": {"slot_timeout": 3}}
+    first, second = aligngym.make(env_id, **kwargs), aligngym.make(env_id, **kwargs)
+    try:
+        for env in (first, second, first):  # without the hand-back, `second` would wait out its 3 s and fail
+            env.reset(seed=0)
+            *_, terminated, truncated, _ = env.step(action)
+            assert terminated or truncated
+    finally:
+        first.close()
+        second.close()
+
+
+class _SharedTickets:
+    """A ``ClusterGate`` over a plain counter: two holders share ``limit`` tickets (as Ray workers would)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held, self.waiting, self.peak = limit, 0, False, 0
+
+    def take(self) -> bool:
+        if self.held < self.limit:
+            self.held += 1
+            self.peak = max(self.peak, self.held)
+            return True
+        self.waiting = True
+        return False
+
+    def give(self) -> None:
+        self.held -= 1
+
+    def others_waiting(self) -> bool:
+        return self.waiting
+
+
+def test_cluster_gate_caps_creation_and_takes_back_idle_tickets(room):
+    from aligngym.sandboxes.pool import set_cluster_gate
+
+    room(10)  # the process-wide cap is not what limits here
+    gate = _SharedTickets(limit=1)
+    gate.held = 1  # another process holds the only ticket
+    set_cluster_gate(gate)
+    try:
+        with SandboxPool("local", use_bwrap=False) as pool:
+            with pytest.raises(SandboxError, match="cluster-wide sandbox cap"):
+                pool.acquire(timeout=0.3)
+            gate.held, gate.waiting = 0, False  # the other process closed its sandbox
+            with pool.sandbox(timeout=2) as sb:
+                assert sb.run("print(1)").ok and gate.held == 1
+            assert pool.stats().idle == 1 and gate.held == 1  # idle still holds its ticket
+            gate.waiting = True  # someone elsewhere waits: the idle sandbox is closed for them
+            assert _wait_for(lambda: gate.held == 0, timeout=3)
+            assert pool.stats().idle == 0 and gate.peak == 1
+    finally:
+        set_cluster_gate(None)
