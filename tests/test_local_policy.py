@@ -149,3 +149,63 @@ def test_grpo_self_play_on_a_multi_agent_env(tmp_path):
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2]
     assert "rewards/won/mean" in rows[0] and "rewards/quotes_verified/mean" in rows[0]
+
+
+def test_finished_rank_keeps_generating_in_lockstep_until_all_ranks_finish(tiny):
+    # Simulates a second training process whose episodes run two rounds longer than ours.
+    from aligngym.envs.registry import make
+
+    model, tok = tiny
+    env = make("aligngym/Arithmetic-v0").unwrapped
+    _, info = env.reset(seed=2)
+    prompt = info["messages"]
+    rollout = EnvRollout("aligngym/Arithmetic-v0", {}, {prompt_key(prompt): (2, None)}, SamplingConfig(4))
+    calls: list[list[list[int]]] = []
+    extra_rounds = iter([True, True])
+
+    def generate(contexts):
+        calls.append(contexts)
+        return generate_batch(model, tok, contexts, SamplingConfig(max_new_tokens=4))
+
+    def live_anywhere(live_here: bool) -> bool:
+        return live_here or next(extra_rounds, False)
+
+    (slot,) = rollout.play(model, tok, [prompt], generate, live_anywhere)
+    assert slot.done and len(calls) == 3  # one real turn, then two placeholder calls
+    assert calls[1] == calls[2] == [[tok.eos_token_id]]
+    assert len(slot.completion_ids) <= 4  # placeholder outputs never reach the episode
+
+
+def test_vllm_generation_syncs_weights_once_per_step_and_keeps_sampled_ids(tiny):
+    # vLLM cannot run on this CPU-only machine: this stand-in has the contract of TRL's VLLMGeneration
+    # (generate(prompts=, images=, num_generations=) -> (prompt_ids, completion_ids, top-k logprobs, ids)).
+    from types import SimpleNamespace
+
+    from aligngym.trainers.generation import vllm_generate
+
+    _, tok = tiny
+    answer = tok.encode("42", add_special_tokens=False) + [tok.eos_token_id]
+
+    class StandIn:
+        syncs = 0
+
+        def sync_weights(self):
+            self.syncs += 1
+
+        def generate(self, prompts, images, num_generations):
+            assert images is None and num_generations == 1
+            return prompts, [answer for _ in prompts], [[[-0.5, -2.0]] * len(answer) for _ in prompts], None
+
+    trainer = SimpleNamespace(
+        processing_class=tok, state=SimpleNamespace(global_step=0), vllm_generation=StandIn()
+    )
+    generate = vllm_generate(trainer)
+    first = generate([[1, 2], [3]])
+    generate([[4]])
+    assert trainer.vllm_generation.syncs == 1
+    trainer.state.global_step = 1
+    generate([[5]])
+    assert trainer.vllm_generation.syncs == 2
+    assert [r.text for r in first] == ["42", "42"]
+    assert first[0].token_ids == answer and first[0].logprobs == [-0.5] * len(answer)
+    assert first[0].finish_reason == "stop"

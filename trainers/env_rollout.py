@@ -8,11 +8,14 @@ tokens the environment wrote with ``env_mask = 0`` so they are not trained on.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aligngym.agents.local import SamplingConfig, chat_prompt_ids, generate_batch
 from aligngym.envs.registry import make
+
+from .generation import Generate, ranks_live, vllm_generate
 
 
 def prompt_key(messages: list[dict[str, Any]]) -> str:
@@ -108,8 +111,21 @@ class EnvRollout:
             placed.append((job, seat, seed))
         return [(job, seat) for job, seat, _ in placed], {id(j): s for s, j in jobs}
 
-    def play(self, model, tokenizer, prompts: list[list[dict]]) -> list[Slot]:
-        """Play the episodes behind ``prompts``, batching the policy's turns across all live seats."""
+    def play(
+        self,
+        model,
+        tokenizer,
+        prompts: list[list[dict]],
+        generate: Generate | None = None,
+        live_anywhere: Callable[[bool], bool] | None = None,
+    ) -> list[Slot]:
+        """Play the episodes behind ``prompts``, batching the policy's turns across all live seats.
+
+        ``generate`` defaults to sampling from ``model``; ``live_anywhere`` (see ``generation.ranks_live``)
+        keeps several training processes generating in lockstep.
+        """
+        generate = generate or (lambda contexts: generate_batch(model, tokenizer, contexts, self.sampling))
+        live_anywhere = live_anywhere or (lambda live_here: live_here)
         placed, seeds = self._jobs(prompts)
         jobs = list({id(job): job for job, _ in placed}.values())
         for job in jobs:
@@ -125,9 +141,15 @@ class EnvRollout:
                 )
                 for seat in wanted
             }
-        while live := [slot for job in jobs for slot in job.slots.values() if not slot.done]:
+        while True:
+            live = [slot for job in jobs for slot in job.slots.values() if not slot.done]
+            if not live_anywhere(bool(live)):
+                break
+            if not live:  # this rank is done but others generate: keep the collective call count equal
+                generate([[tokenizer.eos_token_id]])
+                continue
             contexts = [slot.prompt_ids + slot.completion_ids for slot in live]
-            responses = generate_batch(model, tokenizer, contexts, self.sampling)
+            responses = generate(contexts)
             by_job: dict[int, dict[str | None, Any]] = {}
             for slot, resp in zip(live, responses, strict=True):
                 slot.completion_ids += resp.token_ids
@@ -164,8 +186,9 @@ class EnvRollout:
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
         model.eval()
+        generate = vllm_generate(trainer) if getattr(trainer, "use_vllm", False) else None
         try:
-            slots = self.play(model, trainer.processing_class, prompts)
+            slots = self.play(model, trainer.processing_class, prompts, generate, ranks_live(trainer))
         finally:
             model.train(was_training)
         out: dict[str, list] = {

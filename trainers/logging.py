@@ -28,6 +28,8 @@ class MetricsCallback(TrainerCallback):
             self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:
+            return  # under `accelerate launch` every process logs the same (already reduced) values
         if not logs or "train_runtime" in logs:
             return  # the end-of-training summary is not a step
         row = {"step": state.global_step, **{k: _plain(v) for k, v in logs.items()}}

@@ -61,11 +61,14 @@ def train(config: TrainConfig):
         else:
             trainer = _METHODS[config.method](config, model, tokenizer)
     out = Path(config.output_dir)
+    if config.save_model:
+        trainer.save_model(str(out / "model"))  # a collective under ZeRO-3/FSDP: every process calls it
+    if not trainer.args.should_save:
+        return trainer  # other processes of a multi-GPU run: the main one writes the files
     plot_reward_curve(out, title=f"{config.method} on {config.env} ({config.model})")
     plot_metric(out, "loss", "loss_curve.png", title=f"{config.method} loss")
     plot_metric(out, "rewards/margins", "margin_curve.png", title="DPO implicit reward margin")
     plot_metric(out, "accuracy", "accuracy_curve.png", title="reward model pair accuracy")
     if config.save_model:
-        trainer.save_model(str(out / "model"))
         tokenizer.save_pretrained(str(out / "model"))
     return trainer
