@@ -1,6 +1,6 @@
 """The fork server: a warm interpreter inside bubblewrap that forks one pristine copy of itself per run.
 
-Started as a script (stdlib only, never imported by the host): ``python forkserver.py CTL_FD CONFIG_JSON``.
+Started as a script (stdlib only; the host imports only ``user_namespace_filter``): ``python forkserver.py CTL_FD CONFIG_JSON``.
 CTL_FD is a SOCK_SEQPACKET socket to the host. Messages are one byte of kind plus JSON:
 
 * host -> server ``R`` starts a run; it carries, as SCM_RIGHTS, the code (a sealed memfd), the stdout and
@@ -304,14 +304,16 @@ class Server:
 _SECCOMP_SYSCALLS = {"x86_64": (0xC000003E, 272, 56, 435), "aarch64": (0xC00000B7, 97, 220, 435)}
 
 
-def _deny_user_namespaces() -> None:
-    """Install a seccomp filter refusing unshare/clone with CLONE_NEWUSER (EPERM) and clone3 (ENOSYS)."""
+def user_namespace_filter() -> tuple[int, bytes] | None:
+    """The seccomp (cBPF) program refusing unshare/clone with CLONE_NEWUSER (EPERM) and clone3 (ENOSYS), as
+    (instruction count, bytes); None on an architecture we have no syscall numbers for. The host reads it
+    too, for one-shot runs (bwrap --seccomp): the one thing it imports from this script."""
     import platform
     import struct
 
     known = _SECCOMP_SYSCALLS.get(platform.machine())
     if known is None:
-        return  # an architecture we have no syscall numbers for keeps the namespace-only isolation
+        return None
     arch, nr_unshare, nr_clone, nr_clone3 = known
     ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
     allow, errno_ret = 0x7FFF0000, 0x00050000
@@ -329,13 +331,21 @@ def _deny_user_namespaces() -> None:
         (ret, 0, 0, errno_ret | 1),  # EPERM
         (ret, 0, 0, errno_ret | 38),  # ENOSYS
     ]
-    blob = b"".join(struct.pack("HBBI", *ins) for ins in program)
+    return len(program), b"".join(struct.pack("HBBI", *ins) for ins in program)
+
+
+def _deny_user_namespaces() -> None:
+    """Install ``user_namespace_filter`` on this process (and so on everything it starts)."""
+    compiled = user_namespace_filter()
+    if compiled is None:
+        return  # keeps the namespace-only isolation
+    count, blob = compiled
     filters = ctypes.create_string_buffer(blob)
 
     class _Prog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
-    prog = _Prog(len(program), ctypes.cast(filters, ctypes.c_void_p))
+    prog = _Prog(count, ctypes.cast(filters, ctypes.c_void_p))
     _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: required to install a filter without privileges
     _check(_libc.prctl(22, 2, ctypes.byref(prog), 0, 0), "seccomp filter")  # PR_SET_SECCOMP, FILTER
 

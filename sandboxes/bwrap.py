@@ -154,8 +154,12 @@ def bwrap_argv(
     env: dict[str, str],
     status_fd: int | None,
     tmp_bytes: int,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
-    """The bwrap command (up to ``--`` and the uid drop) running ``code_file``, bound read-only at ``code_inner``."""
+    """The bwrap command (up to ``--`` and the uid drop) running ``code_file``, bound read-only at ``code_inner``.
+
+    ``seccomp_fd``: a compiled seccomp program (``seccomp_filter_fd``) bwrap installs before it execs the run.
+    """
     argv = [shutil.which("bwrap") or "bwrap"]
     if bwrap_mode == "userns":
         assert userns_fd is not None
@@ -180,6 +184,8 @@ def bwrap_argv(
     argv += ["--die-with-parent", "--new-session", "--clearenv"]
     if status_fd is not None:
         argv += ["--json-status-fd", str(status_fd)]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     for key, value in env.items():
         argv += ["--setenv", key, value]
     argv.append("--")
@@ -223,3 +229,16 @@ def server_argv(
         tmp_bytes=1 << 20,  # the server's own /tmp; each run mounts a fresh one
     )
     return [*argv, python_executable(), inner, str(ctl_fd), json.dumps(settings)]
+
+
+def seccomp_filter_fd() -> int | None:
+    """A memfd holding the filter that refuses new user namespaces (the fork server's), for ``--seccomp``."""
+    from ._forkserver_main import user_namespace_filter
+
+    compiled = user_namespace_filter()
+    if compiled is None:
+        return None
+    fd = os.memfd_create("aligngym-seccomp", os.MFD_CLOEXEC)
+    os.write(fd, compiled[1])
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd

@@ -370,7 +370,8 @@ class ForkServer:
                 "sandbox_error", stderr=f"the sandbox could not start the run: {error}", duration_s=duration
             )
         rc = report[1]["code"]
-        oom = self.cgroup is not None and rc == 128 + signal.SIGKILL and self.cgroup.oom_kills() > oom_before
+        # Any OOM kill in the sandbox during this run: a failed run whose children were killed hit the limit too.
+        oom = self.cgroup is not None and self.cgroup.oom_kills() > oom_before
         return finish(
             rc,
             out.buf,

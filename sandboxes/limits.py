@@ -1,4 +1,5 @@
-"""Resource limits for sandboxed programs: rlimits set by a tiny exec wrapper, and cgroup v2 when delegated."""
+"""Resource limits for sandboxed programs: rlimits set by a tiny exec wrapper, plus a cgroup where one can be
+made (a delegated cgroup v2 subtree, else the cgroup v1 memory/pids/cpu controllers, e.g. as root)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import errno
 import functools
 import math
 import os
+import re
 import shutil
 import signal
 import time
 import uuid
 from pathlib import Path
+
+from .owner import start_ticks
 
 #: Where cgroup v2 is mounted; a module attribute so tests can point it at a fake tree.
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -84,7 +88,7 @@ def _read(path: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def cgroup_parent() -> str | None:
+def cgroup_v2_parent() -> str | None:
     """A cgroup v2 directory under which per-run cgroups with memory and pids limits can be made, else None."""
     try:
         own = next(line[3:] for line in _read("/proc/self/cgroup").splitlines() if line.startswith("0::"))
@@ -108,11 +112,81 @@ def cgroup_parent() -> str | None:
     return base
 
 
+@functools.lru_cache(maxsize=1)
+def cgroup_v1_parents() -> dict[str, str] | None:
+    """This process's own cgroup v1 directories (controller -> dir) where children can be made, else None.
+
+    The memory controller is required (it is the point: one memory account for a whole process tree);
+    pids and cpu are used when they are there too. Children go under our own cgroups, so whatever limits
+    the host put on us still hold for the sandboxes.
+    """
+    try:
+        lines = _read("/proc/self/cgroup").splitlines()
+    except OSError:
+        return None
+    own = {}
+    for line in lines:
+        _, names, path = line.split(":", 2)
+        for name in names.split(","):
+            own[name] = path
+    parents = {}
+    for controller in ("memory", "pids", "cpu"):
+        if controller not in own:
+            continue
+        base = os.path.normpath(os.path.join(CGROUP_ROOT, controller, own[controller].lstrip("/")))
+        probe = os.path.join(base, f"aligngym-probe-{os.getpid()}")
+        try:
+            os.mkdir(probe)
+            os.rmdir(probe)
+        except OSError:
+            continue
+        parents[controller] = base
+    return parents if "memory" in parents else None
+
+
+def cgroup_parent() -> str | dict[str, str] | None:
+    """Where per-run cgroups go: a cgroup v2 directory, cgroup v1 controller directories, or None (rlimits)."""
+    return cgroup_v2_parent() or cgroup_v1_parents()
+
+
+def new_cgroup(parent: str | dict[str, str], *, memory_bytes: int, pids: int, cpus: float) -> Cgroup:
+    """A cgroup under ``parent`` (from ``cgroup_parent``) holding a process tree to these limits."""
+    kind = CgroupV1 if isinstance(parent, dict) else Cgroup
+    return kind(parent, memory_bytes=memory_bytes, pids=pids, cpus=cpus)
+
+
+_CGROUP_NAME = re.compile(r"aligngym-(\d+)-(\d+)-[0-9a-f]+$")
+
+
+def _cgroup_name() -> str:
+    # Owner pid and start time, so a reaper can tell cgroups left by a process killed with SIGKILL.
+    return f"aligngym-{os.getpid()}-{start_ticks(os.getpid())}-{uuid.uuid4().hex[:12]}"
+
+
+def reap_orphan_cgroups() -> int:
+    """Kill what is left in, and remove, the cgroups of owners that are gone; count them."""
+    parent = cgroup_parent()
+    bases = list(parent.values()) if isinstance(parent, dict) else [parent] if parent else []
+    removed = 0
+    for base in bases:
+        try:
+            names = os.listdir(base)
+        except OSError:
+            continue
+        for name in names:
+            match = _CGROUP_NAME.match(name)
+            if match and start_ticks(int(match.group(1))) != match.group(2):
+                orphan = CgroupV1({"memory": base}, memory_bytes=0, pids=0, cpus=0, adopt=name)
+                orphan.remove()
+                removed += not os.path.exists(orphan.path)
+    return removed
+
+
 class Cgroup:
     """One run's cgroup v2: memory, pids and CPU limits, an OOM counter and a kill switch for the whole tree."""
 
     def __init__(self, parent: str, *, memory_bytes: int, pids: int, cpus: float):
-        self.path = os.path.join(parent, f"aligngym-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        self.path = os.path.join(parent, _cgroup_name())
         os.mkdir(self.path)
         try:
             self._write("memory.max", str(memory_bytes))
@@ -183,3 +257,79 @@ class Cgroup:
                 if exc.errno != errno.EBUSY:
                     return
                 time.sleep(0.01)
+
+
+class CgroupV1(Cgroup):
+    """The cgroup v1 twin of ``Cgroup``: one directory per controller, the same name in each."""
+
+    def __init__(
+        self, parents: dict[str, str], *, memory_bytes: int, pids: int, cpus: float, adopt: str | None = None
+    ):
+        name = adopt or _cgroup_name()
+        self.paths = {controller: os.path.join(base, name) for controller, base in parents.items()}
+        self.path = self.paths["memory"]
+        if adopt:  # an existing cgroup (any version: cgroup.procs and rmdir are all the reaper needs)
+            return
+        try:
+            for path in self.paths.values():
+                os.mkdir(path)
+            self._write("memory.limit_in_bytes", str(memory_bytes))
+            # memsw (memory + swap) must not be below the memory limit: set it second. Absent without swap.
+            self._write("memory.memsw.limit_in_bytes", str(memory_bytes), required=False)
+            if "pids" in self.paths:
+                Path(self.paths["pids"], "pids.max").write_text(str(pids))
+            if "cpu" in self.paths:
+                Path(self.paths["cpu"], "cpu.cfs_period_us").write_text("100000")
+                Path(self.paths["cpu"], "cpu.cfs_quota_us").write_text(str(max(1000, int(cpus * 100_000))))
+        except OSError:
+            self.remove()
+            raise
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """``argv`` behind a shell that first joins every controller's cgroup, so nothing runs outside them."""
+        procs = [os.path.join(path, "cgroup.procs") for path in self.paths.values()]
+        script = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; exec "$@"'
+        return ["/bin/sh", "-c", script, "sh", str(len(procs)), *procs, *argv]
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel OOM-killed in this cgroup so far (``oom_kill`` in memory.oom_control)."""
+        try:
+            fields = dict(
+                line.split() for line in _read(os.path.join(self.path, "memory.oom_control")).splitlines()
+            )
+            return int(fields.get("oom_kill", 0))
+        except (OSError, ValueError):
+            return 0
+
+    def kill(self) -> None:
+        """SIGKILL every process in the cgroup (v1 has no cgroup.kill: repeat while forks race the kill)."""
+        for _ in range(20):
+            pids = set()
+            for path in self.paths.values():
+                try:
+                    pids.update(_read(os.path.join(path, "cgroup.procs")).split())
+                except OSError:
+                    pass
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError, ValueError):
+                    pass
+            time.sleep(0.005)
+
+    def remove(self) -> None:
+        """Kill what is left and delete the cgroup in every controller (best effort)."""
+        self.kill()
+        for path in self.paths.values():
+            for _ in range(50):
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY:
+                        break
+                    time.sleep(0.01)

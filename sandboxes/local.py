@@ -21,7 +21,7 @@ from .forkserver import SERVER_SCRIPT, ForkServer, ServerGone, ServerStartError,
 from .owner import local_dir_prefix, reap_local_orphans_once
 from .pool import acquire_slot, release_slot
 from .supervise import kill_tree, supervise
-from .workdir import WorkDir, empty_dir, remove_tree
+from .workdir import WorkDir, empty_dir, mount_tmpfs, remove_tree
 
 _SUFFIX = {"python": ".py", "bash": ".sh"}
 _NOFILE = 1024
@@ -118,6 +118,9 @@ class LocalSandbox(Sandbox):
         self._owner = (bwrap.SANDBOX_UID, bwrap.SANDBOX_UID) if self.mode == "userns" else None
         if self._owner:
             os.chown(self.workdir, *self._owner)
+        # A tmpfs bounds the working directory as a whole (docker's /sandbox is one too); rlimits only cap
+        # each file. Mounting needs root; elsewhere the directory stays a plain, unbounded host directory.
+        self._workdir_bounded = mount_tmpfs(self.workdir, self.config.memory_mb << 20, self._owner)
         self._files = WorkDir(self.workdir, self.config.max_file_bytes, self._owner)
         self._cgroup_parent = limits.cgroup_parent()
         #: Which mechanism enforces each limit here ("none" where nothing does).
@@ -125,9 +128,11 @@ class LocalSandbox(Sandbox):
 
     def _describe_limits(self) -> dict[str, str]:
         cgroup = self._cgroup_parent is not None
-        return limits.describe(
+        described = limits.describe(
             self.mode, cgroup=cgroup, network=self.config.network, fork_server=self.fork_server
         )
+        described["workdir_size"] = "tmpfs" if self._workdir_bounded else "none"
+        return described
 
     # -- running -------------------------------------------------------------------------------------
     async def arun(
@@ -193,7 +198,7 @@ class LocalSandbox(Sandbox):
             cfg, cgroup = self.config, None
             if self._cgroup_parent is not None:
                 # The whole sandbox (server and concurrent runs); each run also has its own rlimits.
-                cgroup = limits.Cgroup(
+                cgroup = limits.new_cgroup(
                     self._cgroup_parent,
                     memory_bytes=(cfg.memory_mb + 64) << 20,
                     pids=cfg.pids + 8,
@@ -250,18 +255,19 @@ class LocalSandbox(Sandbox):
         with open(code_file, "w", encoding="utf-8") as f:
             f.write(code)
         os.chmod(code_file, 0o644)
-        status_r = status_w = None
+        status_r = status_w = seccomp_fd = None
         cgroup: limits.Cgroup | None = None
         try:
             try:
                 if self.isolated:
                     status_r, status_w = os.pipe()
+                    seccomp_fd = bwrap.seccomp_filter_fd()  # as fork-server runs: no new user namespaces
                 if self._cgroup_parent is not None:
                     cfg = self.config
-                    cgroup = limits.Cgroup(
+                    cgroup = limits.new_cgroup(
                         self._cgroup_parent, memory_bytes=cfg.memory_mb << 20, pids=cfg.pids, cpus=cfg.cpus
                     )
-                argv, env = self._command(language, code_file, limit, status_w, cgroup)
+                argv, env = self._command(language, code_file, limit, status_w, cgroup, seccomp_fd)
                 started = time.monotonic()
                 proc = await asyncio.create_subprocess_exec(
                     *argv,
@@ -270,7 +276,7 @@ class LocalSandbox(Sandbox):
                     stderr=asyncio.subprocess.PIPE,
                     cwd="/" if self.isolated else self.workdir,
                     env=env,
-                    pass_fds=[fd for fd in (status_w, self._userns_fd) if fd is not None],
+                    pass_fds=[fd for fd in (status_w, self._userns_fd, seccomp_fd) if fd is not None],
                     # Its own process group, so a kill reaches every process it starts (bwrap's pid namespace
                     # then takes down anything that called setsid).
                     start_new_session=True,
@@ -280,6 +286,8 @@ class LocalSandbox(Sandbox):
             finally:
                 if status_w is not None:
                     os.close(status_w)  # the child holds its own copy; EOF must come when bwrap exits
+                if seccomp_fd is not None:
+                    os.close(seccomp_fd)
             self._pgids.add(proc.pid)  # so close() can kill runs still in flight
             try:
                 cap = self.config.max_output_bytes
@@ -298,7 +306,13 @@ class LocalSandbox(Sandbox):
                 os.unlink(code_file)
 
     def _command(
-        self, language: str, code_file: str, limit: float, status_w: int | None, cgroup: limits.Cgroup | None
+        self,
+        language: str,
+        code_file: str,
+        limit: float,
+        status_w: int | None,
+        cgroup: limits.Cgroup | None,
+        seccomp_fd: int | None = None,
     ) -> tuple[list[str], dict[str, str]]:
         """The full argv and the environment of the process to start."""
         cfg, python = self.config, bwrap.python_executable()
@@ -326,6 +340,7 @@ class LocalSandbox(Sandbox):
                     env=env,
                     status_fd=status_w,
                     tmp_bytes=cfg.memory_mb << 20,
+                    seccomp_fd=seccomp_fd,
                 )
                 + argv
             )

@@ -66,3 +66,6 @@ def reap_local_orphans_once() -> None:
         if not _reaped:
             _reaped = True
             reap_local_orphans()
+            from .limits import reap_orphan_cgroups  # limits imports this module
+
+            reap_orphan_cgroups()

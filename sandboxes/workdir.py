@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import os
 import shutil
 import stat
@@ -84,12 +87,18 @@ class WorkDir:
                     fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
                 except OSError as exc:
                     raise SandboxError(f"cannot write {path!r} in the sandbox: {exc.strerror}") from None
-                with os.fdopen(fd, "wb") as f:
-                    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                        raise SandboxError(f"{path!r} is not a regular file")
-                    f.write(data)
-                    if self.owner:
-                        os.fchown(f.fileno(), *self.owner)
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                            raise SandboxError(f"{path!r} is not a regular file")
+                        f.write(data)
+                        if self.owner:
+                            os.fchown(f.fileno(), *self.owner)
+                except OSError as exc:  # ENOSPC: the working directory's size bound (memory_mb) is reached
+                    raise SandboxError(
+                        f"cannot write {path!r} in the sandbox: {exc.strerror}; reset() empties the working "
+                        "directory, and SandboxConfig.memory_mb bounds its size"
+                    ) from None
 
     def read(self, path: str) -> bytes:
         """The bytes of a regular file, refusing files over the size limit."""
@@ -125,8 +134,41 @@ def empty_dir(path: str) -> None:
                 os.unlink(full)
 
 
+_MS_NOSUID, _MS_NODEV, _MNT_DETACH = 0x2, 0x4, 0x2
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def mount_tmpfs(path: str, size_bytes: int, owner: tuple[int, int] | None) -> bool:
+    """Mount a tmpfs of ``size_bytes`` on ``path`` (a size bound for everything written there together).
+
+    Needs CAP_SYS_ADMIN in this mount namespace (e.g. root); returns False where it may not mount.
+    """
+    uid, gid = owner or (os.getuid(), os.getgid())
+    options = f"size={max(size_bytes, 1 << 20)},mode=0700,uid={uid},gid={gid}".encode()
+    done = _libc().mount(b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, options)
+    return done == 0
+
+
+def unmount_under(root: str) -> None:
+    """Detach every mount at or below ``root`` (tmpfs working directories of sandboxes)."""
+    root = os.path.realpath(root)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            points = [line.split()[4] for line in f]
+    except OSError:
+        return
+    decoded = (p.encode().decode("unicode_escape") for p in points)  # mountinfo escapes spaces as \040
+    for point in sorted({p for p in decoded if p == root or p.startswith(root + "/")}, reverse=True):
+        _libc().umount2(point.encode(), _MNT_DETACH)
+
+
 def remove_tree(path: str) -> None:
     """Delete a directory tree, even one whose directories sandboxed code made unreadable."""
+    unmount_under(path)
     shutil.rmtree(path, ignore_errors=True)
     if os.path.exists(path):
         # Sandboxed code may leave directories without write or search permission for their owner.

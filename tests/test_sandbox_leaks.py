@@ -366,11 +366,21 @@ def test_sigkilled_owner_leaves_nothing(backend, tmp_path, request):
         )
         print(f"{backend}: containers of the dead owner gone {time.monotonic() - killed:.2f}s after the kill")
 
-    # Temp directories: the next process's first local sandbox reaps those of dead owners.
+    # Temp directories and cgroups: the next process's first local sandbox reaps those of dead owners.
     if backend == "local":
+        from aligngym.sandboxes import limits
         from aligngym.sandboxes.owner import reap_local_orphans
 
         assert reap_local_orphans(str(private)) >= 1
+        parent = limits.cgroup_parent()
+        if parent is not None:
+            bases = list(parent.values()) if isinstance(parent, dict) else [parent]
+            owned = f"aligngym-{owner.pid}-"
+            before = [n for b in bases for n in os.listdir(b) if n.startswith(owned)]
+            assert before, "the killed owner's sandboxes had cgroups"
+            limits.reap_orphan_cgroups()
+            left = [n for b in bases for n in os.listdir(b) if n.startswith(owned)]
+            assert not left, f"cgroups left by the killed owner: {left}"
     left = leftover_dirs(str(private))
     if left:
         import shutil
