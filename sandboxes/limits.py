@@ -185,6 +185,9 @@ def reap_orphan_cgroups() -> int:
 class Cgroup:
     """One run's cgroup v2: memory, pids and CPU limits, an OOM counter and a kill switch for the whole tree."""
 
+    #: The file whose ``oom_kill`` line counts the kernel's OOM kills in this cgroup.
+    OOM_FILE = "memory.events"
+
     def __init__(self, parent: str, *, memory_bytes: int, pids: int, cpus: float):
         self.path = os.path.join(parent, _cgroup_name())
         os.mkdir(self.path)
@@ -217,10 +220,8 @@ class Cgroup:
     def oom_kills(self) -> int:
         """How many processes the kernel OOM-killed in this cgroup so far."""
         try:
-            events = dict(
-                line.split() for line in _read(os.path.join(self.path, "memory.events")).splitlines()
-            )
-            return int(events.get("oom_kill", 0))
+            fields = dict(line.split() for line in _read(os.path.join(self.path, self.OOM_FILE)).splitlines())
+            return int(fields.get("oom_kill", 0))
         except (OSError, ValueError):
             return 0
 
@@ -245,22 +246,33 @@ class Cgroup:
             except (ProcessLookupError, PermissionError, ValueError):
                 pass
 
+    def dirs(self) -> list[str]:
+        """Its directories (one per controller on cgroup v1)."""
+        return [self.path]
+
     def remove(self) -> None:
         """Kill what is left and delete the cgroup (best effort)."""
         self.kill()
-        for _ in range(50):
-            try:
-                os.rmdir(self.path)
-                return
-            except OSError as exc:
-                # EBUSY while killed processes are still being torn down; anything else will not improve.
-                if exc.errno != errno.EBUSY:
-                    return
-                time.sleep(0.01)
+        for path in self.dirs():
+            for _ in range(50):
+                try:
+                    os.rmdir(path)
+                    break
+                except OSError as exc:
+                    # EBUSY while killed processes are still being torn down; anything else will not improve.
+                    if exc.errno != errno.EBUSY:
+                        break
+                    time.sleep(0.01)
 
 
 class CgroupV1(Cgroup):
     """The cgroup v1 twin of ``Cgroup``: one directory per controller, the same name in each."""
+
+    OOM_FILE = "memory.oom_control"
+
+    def dirs(self) -> list[str]:
+        """One directory per controller."""
+        return list(self.paths.values())
 
     def __init__(
         self, parents: dict[str, str], *, memory_bytes: int, pids: int, cpus: float, adopt: str | None = None
@@ -291,21 +303,11 @@ class CgroupV1(Cgroup):
         script = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; exec "$@"'
         return ["/bin/sh", "-c", script, "sh", str(len(procs)), *procs, *argv]
 
-    def oom_kills(self) -> int:
-        """How many processes the kernel OOM-killed in this cgroup so far (``oom_kill`` in memory.oom_control)."""
-        try:
-            fields = dict(
-                line.split() for line in _read(os.path.join(self.path, "memory.oom_control")).splitlines()
-            )
-            return int(fields.get("oom_kill", 0))
-        except (OSError, ValueError):
-            return 0
-
     def kill(self) -> None:
         """SIGKILL every process in the cgroup (v1 has no cgroup.kill: repeat while forks race the kill)."""
         for _ in range(20):
             pids = set()
-            for path in self.paths.values():
+            for path in self.dirs():
                 try:
                     pids.update(_read(os.path.join(path, "cgroup.procs")).split())
                 except OSError:
@@ -318,18 +320,3 @@ class CgroupV1(Cgroup):
                 except (ProcessLookupError, PermissionError, ValueError):
                     pass
             time.sleep(0.005)
-
-    def remove(self) -> None:
-        """Kill what is left and delete the cgroup in every controller (best effort)."""
-        self.kill()
-        for path in self.paths.values():
-            for _ in range(50):
-                try:
-                    os.rmdir(path)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as exc:
-                    if exc.errno != errno.EBUSY:
-                        break
-                    time.sleep(0.01)

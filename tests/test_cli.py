@@ -85,6 +85,11 @@ def test_envs_lists_every_registered_id():
             "cannot reach",
         ),
         (["train", "does-not-exist.yaml"], "not found"),
+        (
+            ["rollout", "aligngym/CodeExec-v0", "--model", "m", "--episodes", "1", "--out", "x"]
+            + ["--max-sandboxes", "0"],
+            "--max-sandboxes must be >= 1",
+        ),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(args, message, tmp_path):
