@@ -23,6 +23,11 @@ from .base import SandboxError
 
 DEFAULT_IMAGE = "aligngym-sandbox:latest"
 BASE_REPOSITORY = "aligngym-sandbox-base"
+#: Debian packages of the base root (python3 for code, git for the Terminal tasks). Changing the list means
+#: bumping ``_ROOTFS_VERSION``: it names the cached tarball, the base tag and the image label, so old builds
+#: are redone instead of reused.
+_ROOTFS_PACKAGES = ("python3", "git")
+_ROOTFS_VERSION = "2"
 #: Python version -> the Debian release that ships it as ``python3`` (and that release's glibc, for wheels).
 DEBIAN_RELEASES: dict[str, tuple[str, int]] = {"3.11": ("bookworm", 36), "3.13": ("trixie", 41)}
 _DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
@@ -112,9 +117,9 @@ def _build_lock() -> Iterator[None]:
 
 
 def rootfs_tarball(release: str, progress: Progress = print) -> Path:
-    """The cached tarball of a minimal Debian ``release`` root with python3, debootstrapped if missing."""
+    """The cached tarball of a minimal Debian ``release`` root with python3 and git, debootstrapped if missing."""
     arch = _DEB_ARCH.get(platform.machine(), platform.machine())
-    path = cache_dir() / f"rootfs-{release}-{arch}.tar"
+    path = cache_dir() / f"rootfs-{release}-{arch}-v{_ROOTFS_VERSION}.tar"
     if path.exists():
         return path
     if shutil.which("debootstrap") is None or os.geteuid() != 0:
@@ -128,7 +133,7 @@ def rootfs_tarball(release: str, progress: Progress = print) -> Path:
         argv = [
             "debootstrap",
             "--variant=minbase",
-            "--include=python3",
+            f"--include={','.join(_ROOTFS_PACKAGES)}",
             f"--arch={arch}",
             release,
             root,
@@ -171,7 +176,11 @@ def build_image(
     """Build the sandbox image ``tag`` (skipped when it exists with the same python and packages); returns ``tag``."""
     release, glibc = _release(python)
     packages = tuple(packages)
-    wanted = {"aligngym.sandbox": "1", "aligngym.python": python, "aligngym.packages": ",".join(packages)}
+    wanted = {
+        "aligngym.sandbox": _ROOTFS_VERSION,
+        "aligngym.python": python,
+        "aligngym.packages": ",".join(packages),
+    }
     with _build_lock():
         client = _client()
         labels = _labels(client, tag)
@@ -179,14 +188,16 @@ def build_image(
             progress(f"{tag}: up to date")
             return tag
         started = time.monotonic()
-        base = f"{BASE_REPOSITORY}:{release}"
+        base = f"{BASE_REPOSITORY}:{release}-v{_ROOTFS_VERSION}"
         # Images the tags named before: untagged by this build, removed after it unless a container uses them.
         retired = [_image_id(client, tag)]
         if rebuild or _labels(client, base) is None:
             retired.append(_image_id(client, base))
             tarball = rootfs_tarball(release, progress)
             progress(f"importing {tarball.name} as {base}")
-            client.api.import_image_from_file(str(tarball), repository=BASE_REPOSITORY, tag=release)
+            client.api.import_image_from_file(
+                str(tarball), repository=BASE_REPOSITORY, tag=f"{release}-v{_ROOTFS_VERSION}"
+            )
         with tempfile.TemporaryDirectory(prefix="aligngym-image-") as context:
             lines = [f"FROM {base}", "ENV LANG=C.UTF-8"]
             if packages:

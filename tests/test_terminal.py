@@ -16,8 +16,9 @@ TASKS = load_tasks()
 NOOP = "```bash\ntrue\n```"
 IDLE_TURNS = 3
 DOCKER_UP = terminal.docker_available()
-# One or two tasks per category that does not need git (the docker image has no git).
+# One or two tasks per category (the image has git since _ROOTFS_VERSION 2).
 DOCKER_SUBSET = ["move-logs", "find-python-files", "private-file", "sed-config", "top-ip", "fix-average"]
+DOCKER_SUBSET += [t.id for t in TASKS if t.category == "git"][:2]
 docker = [
     pytest.mark.docker,
     pytest.mark.skipif(not DOCKER_UP, reason="no Docker daemon with the sandbox image (.ci/dockerd.sh)"),
@@ -70,14 +71,11 @@ def test_docker_expert_solves_and_idling_fails(task_id):
 
 @pytest.mark.docker
 @pytest.mark.skipif(not DOCKER_UP, reason="no Docker daemon with the sandbox image (.ci/dockerd.sh)")
-def test_docker_is_default_and_skips_git_tasks():
+def test_docker_is_default_and_offers_every_task():
     env = TerminalEnv()
     _, info = env.reset(seed=0)
     assert env.backend == info["backend"] == "docker" and isinstance(env.sandbox, DockerSandbox)
-    ids = {t.id for t in env.available_tasks()}
-    assert len(ids) >= 20 and not any(i.startswith("git-") for i in ids)
-    with pytest.raises(ValueError, match="git-revert"):
-        env.reset(options={"task_id": "git-revert"})
+    assert {t.id for t in env.available_tasks()} == {t.id for t in TASKS}  # git included
     env.close()
 
 
