@@ -62,7 +62,8 @@ class ScriptedChatServer:
     served normally. ``hang`` sleeps first and then serves the request, ``close`` drops the connection
     without an answer, ``status`` answers that HTTP error (with ``message`` and ``headers`` if given).
     ``latency_s`` delays every chat completion (not the models list) without blocking the loop.
-    ``requests`` counts requests received, faulty ones included; ``last_request`` is the last chat body.
+    ``requests`` counts requests received, faulty ones included; ``last_request`` is the last chat body;
+    ``in_flight`` is how many are being answered now and ``peak_in_flight`` the most at once (back-pressure).
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class ScriptedChatServer:
         self.model = model
         self.faults = faults
         self.requests = 0
+        self.in_flight = self.peak_in_flight = 0
         self.last_request: dict[str, Any] | None = None
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
@@ -198,6 +200,14 @@ class ScriptedChatServer:
     async def _handle(self, request: HTTPRequest, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; return whether the connection stays open."""
         self.requests += 1
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._answer(request, writer)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: HTTPRequest, writer: asyncio.StreamWriter) -> bool:
         fault = next(self._faults, None) if self._faults is not None else None
         if fault:
             if fault.get("hang"):

@@ -147,3 +147,23 @@ def test_cluster_wide_sandbox_cap_holds_across_workers(local_ray, chat_server, t
     assert summary.errors == 0, [r["error"] for r in rows if r.get("error")]
     assert 1 <= max(seen) <= 2, f"{max(seen)} sandboxes were live at once under a cap of 2"
     assert summary.sandboxes_peak == 2, "six episodes in flight must have reached the cap"
+
+
+def test_episodes_in_flight_are_bounded_by_workers_times_concurrency(local_ray, chat_server, tmp_path):
+    from aligngym.distributed import rollout_ray
+
+    server = chat_server(lambda messages, request: solve(messages), latency_s=0.1)
+    summary = asyncio.run(
+        rollout_ray(
+            "aligngym/Arithmetic-v0",
+            {"model": "scripted", "base_url": server.base_url},
+            episodes=60,
+            out=tmp_path / "r.jsonl",
+            workers=2,
+            concurrency=3,
+            progress=False,
+        )
+    )
+    assert summary.written == 60 and summary.errors == 0
+    # Back-pressure: never more than 2 x 3 episodes (one request each) at once, and the lanes do fill up.
+    assert 4 <= server.peak_in_flight <= 6, server.peak_in_flight
