@@ -124,9 +124,16 @@ async def _rollout_on_ray(
     try:
         import ray  # noqa: F401
 
-        from aligngym.distributed import rollout_ray
+        from aligngym.distributed import connect_ray, rollout_ray
     except ImportError:
         raise UsageError("--workers needs Ray: pip install 'aligngym[ray]'") from None
+    try:
+        connect_ray(args.ray_address)
+    except ConnectionError as exc:
+        raise UsageError(
+            f"cannot reach the Ray cluster at {args.ray_address!r} ({str(exc).splitlines()[0]}); start one "
+            "with `ray start --head` and pass its HOST:PORT (or 'auto'), or leave --ray-address out"
+        ) from None
 
     def spec(model: str) -> dict[str, Any]:
         out: dict[str, Any] = {"model": model, "temperature": args.temperature, "max_tokens": args.max_tokens}

@@ -81,6 +81,33 @@ class _Worker:
         return os.getpid()
 
 
+def connect_ray(address: str | None = None) -> None:
+    """Join the cluster at ``address`` ('auto' or HOST:PORT), or start a local instance for None.
+
+    None means "local" explicitly: Ray's own default would join whatever cluster ``ray start`` last ran on
+    this machine (even a dead one). A cluster that cannot be reached raises ``ConnectionError``.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address and address != "auto":
+        _check_reachable(address)  # Ray itself would retry a wrong address for minutes
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConnectionError(f"not a HOST:PORT address: {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {address} ({exc.strerror or exc})") from None
+
+
 async def rollout_ray(
     env_id: str,
     agent_spec: dict[str, Any],
@@ -106,9 +133,7 @@ async def rollout_ray(
 
     if max_sandboxes is not None and (not isinstance(max_sandboxes, int) or max_sandboxes < 1):
         raise ValueError(f"max_sandboxes must be an integer >= 1, got {max_sandboxes!r}")
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"address": ray_address} if ray_address else {}
-        ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+    connect_ray(ray_address)
     env_kwargs = env_kwargs or {}
     prefix = name_prefix or f"aligngym-{uuid.uuid4().hex[:8]}"
     remote = ray.remote(_Worker)

@@ -199,7 +199,7 @@ def main() -> None:
         try:
             import ray
 
-            ray.init(include_dashboard=False, log_to_driver=False)  # before any timing
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)  # before any timing
         except Exception as exc:  # not installed, or cannot start
             print(f"Ray unavailable ({type(exc).__name__}: {exc}); skipping the Ray column")
             use_ray = False

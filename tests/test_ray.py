@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from _helpers import solve
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -167,3 +168,70 @@ def test_episodes_in_flight_are_bounded_by_workers_times_concurrency(local_ray, 
     assert summary.written == 60 and summary.errors == 0
     # Back-pressure: never more than 2 x 3 episodes (one request each) at once, and the lanes do fill up.
     assert 4 <= server.peak_in_flight <= 6, server.peak_in_flight
+
+
+@pytest.fixture
+def ray_cluster(tmp_path):
+    """An existing cluster, as `ray start --head` makes one (token auth off, so HOST:PORT is enough)."""
+    import shutil
+    import socket
+
+    ray_cli = shutil.which("ray")
+    if ray_cli is None:
+        pytest.skip("the `ray` command is not on PATH")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    argv = [ray_cli, "start", "--head", "--port", str(port), "--num-cpus", "2", "--block"]
+    argv += ["--include-dashboard", "false", "--disable-usage-stats"]
+    head = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and head.poll() is None, "ray start did not come up"
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}", env
+    finally:
+        head.terminate()  # --block: it stops the processes it started
+        head.wait(timeout=60)
+        # `ray start` records itself as the machine's latest cluster, which plain ray.init() would join.
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.exists() and str(port) in current.read_text():
+            current.unlink()
+
+
+def test_cli_rollout_on_an_existing_cluster(ray_cluster, chat_server, tmp_path):
+    address, env = ray_cluster
+    server = chat_server(lambda messages, request: solve(messages))
+    out = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "-m", "aligngym", "rollout", "aligngym/Arithmetic-v0", "--model", "scripted"]
+    cmd += ["--base-url", server.base_url, "--episodes", "12", "--workers", "2", "--ray-address", address]
+    cmd += ["--out", str(out), "--no-progress"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Connected to Ray cluster" in result.stderr  # joined it, did not start a local instance
+    assert sorted(r["episode"] for r in read_trajectories(out)) == list(range(12))
+
+
+def test_unreachable_cluster_is_a_one_line_usage_error(chat_server, tmp_path):
+    server = chat_server(lambda messages, request: "7")
+    cmd = [sys.executable, "-m", "aligngym", "rollout", "aligngym/Arithmetic-v0", "--model", "scripted"]
+    cmd += [
+        "--base-url",
+        server.base_url,
+        "--episodes",
+        "1",
+        "--workers",
+        "2",
+        "--ray-address",
+        "127.0.0.1:9",
+    ]
+    cmd += ["--out", str(tmp_path / "r.jsonl")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "cannot reach the Ray cluster" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
