@@ -108,6 +108,30 @@ def _ancestors(path: str) -> list[str]:
     return ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
 
 
+# Container runtimes' data: left out of the view. Their overlay mounts come and go while containers start and
+# stop, and a recursive bind racing one fails ("Can't bind mount ... Invalid argument"); nor should a sandbox
+# see other containers' files.
+_LEFT_OUT = ("/var/lib/docker", "/var/lib/containerd", "/var/lib/containers")
+
+
+def _ro_view(path: str) -> list[str]:
+    """bwrap options showing ``path`` read-only, entry by entry along the way to anything ``_LEFT_OUT``."""
+    if path in _LEFT_OUT:
+        return []
+    if os.path.islink(path):
+        return ["--symlink", os.readlink(path), path]
+    if not any(out.startswith(path + os.sep) for out in _LEFT_OUT) or not os.path.isdir(path):
+        return ["--ro-bind", path, path]
+    try:
+        names = sorted(os.listdir(path))
+    except OSError:
+        return ["--ro-bind", path, path]
+    options = ["--perms", "0755", "--dir", path]
+    for name in names:
+        options += _ro_view(os.path.join(path, name))
+    return options
+
+
 @functools.lru_cache(maxsize=2)
 def host_view(hide_unsearchable: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """bwrap options for a read-only view of the host: (top-level binds, hiding and re-binding after /tmp).
@@ -120,10 +144,8 @@ def host_view(hide_unsearchable: bool) -> tuple[tuple[str, ...], tuple[str, ...]
     """
     top: list[str] = []
     for name in sorted(os.listdir("/")):
-        path = "/" + name
-        if name in _SKIP_TOP_LEVEL:
-            continue
-        top += ["--symlink", os.readlink(path), path] if os.path.islink(path) else ["--ro-bind", path, path]
+        if name not in _SKIP_TOP_LEVEL:
+            top += _ro_view("/" + name)
     home = os.path.realpath(os.path.expanduser("~"))
     hidden = {home} if home != "/" and os.path.isdir(home) else set()
     needed = _needed_paths()

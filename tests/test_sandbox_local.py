@@ -129,10 +129,11 @@ def test_timeout_status_and_duration(sb3):
 
 
 def test_timeout_kills_background_children(sb3):
-    code = "(trap '' TERM HUP; sleep 1.5; echo alive > late.txt) & sleep 30"
+    # 3 s of margin between the kill (at 0.5 s) and the write: under a loaded parallel run, the kill can come late.
+    code = "(trap '' TERM HUP; sleep 3.5; echo alive > late.txt) & sleep 30"
     r = sb3.run(code, language="bash", timeout=0.5)
-    assert r.status == "timeout"
-    time.sleep(1.5)
+    assert r.status == "timeout" and r.duration_s < 3.0, r
+    time.sleep(3.5)
     assert not os.path.exists(os.path.join(sb3.workdir, "late.txt"))
 
 
@@ -749,3 +750,13 @@ def test_runs_cannot_create_user_namespaces(mode):
     assert r.ok, r
     rc, err, tool = map(int, r.stdout.split())
     assert (rc, tool != 0) == (-1, True) and err in (1, 38), r.stdout  # EPERM (or ENOSYS via clone3)
+
+
+@needs_bwrap
+@pytest.mark.parametrize("mode", [True, "oneshot"], ids=["fork-server", "oneshot"])
+def test_container_runtime_data_is_left_out_of_the_view(mode):
+    # Docker's overlay mounts churn while containers come and go; binding them raced (EINVAL) in CI.
+    with _make(mode) as sandbox:
+        r = sandbox.run("import os; print(os.path.exists('/var/lib/docker'), os.path.isdir('/var/lib/dpkg'))")
+    assert r.ok, r
+    assert r.stdout.split() == ["False", str(os.path.isdir("/var/lib/dpkg"))]
