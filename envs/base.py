@@ -107,6 +107,10 @@ class TextEnv(gym.Env[str, str], abc.ABC):
     def end_episode(self) -> None:
         """Free what only a running episode needs (e.g. give a pooled sandbox back); called once it ends."""
 
+    def close(self) -> None:
+        self.end_episode()  # an episode cut short still gives back what it held
+        super().close()
+
     # -- gymnasium API ------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
         super().reset(seed=seed)

@@ -105,10 +105,6 @@ class CodeExecEnv(TextEnv):
         self._lease.release()
         self._verifier = None
 
-    def close(self) -> None:
-        self.end_episode()
-        super().close()
-
     # -- helpers ------------------------------------------------------------------------------------
     def _current_task(self) -> CodeTask:
         if self.task is None:

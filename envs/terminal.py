@@ -259,10 +259,6 @@ class TerminalEnv(TextEnv):
     def end_episode(self) -> None:
         self._lease.release()
 
-    def close(self) -> None:
-        self.end_episode()
-        super().close()
-
     # -- helpers ------------------------------------------------------------------------------------
     def _fresh_sandbox(self) -> Sandbox:
         """The sandbox for a new episode, with an empty working directory."""

@@ -231,10 +231,6 @@ class ToolUseEnv(TextEnv):
         if self._python is not None:
             self._python.release()
 
-    def close(self) -> None:
-        self.end_episode()
-        super().close()
-
     # -- helpers ------------------------------------------------------------------------------------
     def _current_task(self) -> ToolTask:
         if self.task is None:

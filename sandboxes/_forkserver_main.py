@@ -1,7 +1,8 @@
 """The fork server: a warm interpreter inside bubblewrap that forks one pristine copy of itself per run.
 
-Started as a script (stdlib only; the host imports only ``user_namespace_filter``): ``python forkserver.py CTL_FD CONFIG_JSON``.
-CTL_FD is a SOCK_SEQPACKET socket to the host. Messages are one byte of kind plus JSON:
+Started as a script (stdlib only; the host imports nothing but ``user_namespace_filter``):
+``python forkserver.py CTL_FD CONFIG_JSON``. CTL_FD is a SOCK_SEQPACKET socket to the host. Messages are
+one byte of kind plus JSON:
 
 * host -> server ``R`` starts a run; it carries, as SCM_RIGHTS, the code (a sealed memfd), the stdout and
   stderr pipes, and the stdin memfd when there is one. ``K`` kills a run.

@@ -2,10 +2,10 @@
 
 The cap counts every sandbox of every backend and pool: ``ALIGNGYM_MAX_SANDBOXES`` (default 32) sets it at
 import, ``set_max_sandboxes(n)`` later. A ``ClusterGate`` (``set_cluster_gate``) adds a second, cluster-wide
-cap that several processes share (e.g. Ray workers, ``aligngym.sandbox_quota``). A backend takes a slot when it creates a sandbox (``acquire_slot``)
-and gives it back when the sandbox closes (``release_slot``). Past the cap, creation first closes an idle
-pooled sandbox to make room, else waits (threads block, coroutines await) until a sandbox closes, and raises
-``SandboxError`` after ``SandboxConfig.slot_timeout`` seconds.
+cap that several processes share (e.g. Ray workers, ``aligngym.sandbox_quota``). A backend takes a slot when
+it creates a sandbox (``acquire_slot``) and gives it back when the sandbox closes (``release_slot``). Past the
+cap, creation first closes an idle pooled sandbox to make room, else waits (threads block, coroutines await)
+until a sandbox closes, and raises ``SandboxError`` after ``SandboxConfig.slot_timeout`` seconds.
 
 >>> pool = get_pool("local", timeout=10)   # one shared pool per (backend, config)
 >>> with pool.sandbox() as sb:             # a clean sandbox; reset and kept warm when the block ends
