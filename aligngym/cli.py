@@ -160,6 +160,14 @@ async def _rollout_on_ray(
     )
 
 
+def _check_local_model(name: str) -> None:
+    """Raise OSError unless ``name`` is a model transformers can load (its config is enough to tell)."""
+    if name != "tiny":
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(name)
+
+
 def _seat_models(env_id: str, env_kwargs: dict[str, Any], models: list[str]) -> dict[str, str] | None:
     """Seat -> model name for multi-agent envs (None for single-agent ones)."""
     from aligngym.envs.registry import make, spec
@@ -209,6 +217,9 @@ async def _rollout(args: argparse.Namespace) -> int:
     built: dict[str, Any] = {}
     try:
         for name in dict.fromkeys(seat_models.values() if seat_models else args.model):
+            if args.workers and not args.base_url:
+                _check_local_model(name)  # each worker loads it; the driver need not hold a copy
+                continue
             built[name] = build_agent(
                 name, args.base_url, temperature=args.temperature, max_tokens=args.max_tokens, **extra
             )
@@ -216,7 +227,6 @@ async def _rollout(args: argparse.Namespace) -> int:
         raise UsageError(
             f"cannot load model {exc.filename or args.model[0]!r}: {str(exc).splitlines()[0]}"
         ) from None
-    agent = {seat: built[name] for seat, name in seat_models.items()} if seat_models else built[args.model[0]]
     try:
         if args.base_url:
             try:
@@ -226,6 +236,7 @@ async def _rollout(args: argparse.Namespace) -> int:
         if args.workers:
             summary = await _rollout_on_ray(args, env_kwargs, seat_models)
         else:
+            agent = {s: built[m] for s, m in seat_models.items()} if seat_models else built[args.model[0]]
             summary = await rollout(
                 args.env_id,
                 agent,

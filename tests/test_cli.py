@@ -90,6 +90,11 @@ def test_envs_lists_every_registered_id():
             + ["--max-sandboxes", "0"],
             "--max-sandboxes must be >= 1",
         ),
+        (
+            ["rollout", "aligngym/Arithmetic-v0", "--model", "x", "--episodes", "1", "--out", "x"]
+            + ["--workers", "2"],
+            "cannot load model",  # checked in the driver, though only the workers load it
+        ),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(args, message, tmp_path):
