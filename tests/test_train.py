@@ -151,3 +151,37 @@ def test_vllm_and_resume_options_are_validated(tmp_path):
         path.write_text(yaml.safe_dump(data))
         with pytest.raises(ConfigError, match=message):
             load_config(path)
+
+
+@pytest.mark.slow
+def test_two_training_processes_step_together_and_write_once(tmp_path):
+    # torchrun + gloo on CPU: the same multi-process path as `accelerate launch` on several GPUs.
+    import shutil
+
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on PATH")
+    config = {
+        "method": "grpo",
+        "env": "aligngym/Arithmetic-v0",
+        "env_kwargs": {
+            "max_operand": 4,
+            "max_turns": 2,
+        },  # multi-turn: ranks finish episodes at different turns
+        "model": "tiny",
+        "num_prompts": 16,
+        "max_steps": 3,
+        "batch_size": 8,
+        "num_generations": 4,
+        "max_new_tokens": 2,
+        "logging_steps": 1,
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    cmd = [torchrun, "--nproc_per_node", "2", "-m", "aligngym", "train", str(path), "--output-dir", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("written to") == 2  # both ranks ran to the end
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]  # written by the main process only
+    assert (out / "model" / "config.json").exists() and (out / "reward_curve.png").exists()
