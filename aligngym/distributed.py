@@ -143,14 +143,17 @@ async def rollout_ray(
         from .sandbox_quota import SandboxQuota
 
         quota = ray.remote(SandboxQuota).options(name=f"{prefix}-quota").remote(max_sandboxes)
-    names: list[str] = []
+    actors: list[Any] = [None] * workers
+    names = [""] * workers
 
-    def new_actor() -> Any:
-        names.append(f"{prefix}-{next(spawned)}")
-        options = {"name": names[-1], "max_concurrency": concurrency, "max_restarts": 0}
-        return remote.options(**options).remote(env_id, env_kwargs, agent_spec, quota, names[-1])
+    def spawn(index: int) -> None:
+        """Start (or restart) actor ``index`` under a name no actor had before."""
+        names[index] = f"{prefix}-{next(spawned)}"
+        options = {"name": names[index], "max_concurrency": concurrency, "max_restarts": 0}
+        actors[index] = remote.options(**options).remote(env_id, env_kwargs, agent_spec, quota, names[index])
 
-    actors = [new_actor() for _ in range(workers)]
+    for index in range(workers):
+        spawn(index)
     writer = TrajectoryWriter(out, resume=resume)
     todo = [i for i in range(episodes) if i not in writer.done]
     skipped = episodes - len(todo)
@@ -185,8 +188,7 @@ async def rollout_ray(
                 if actors[index] is actor:  # the first lane to notice replaces the dead actor
                     if quota is not None:  # its sandboxes died with it
                         quota.forget.remote(names[index])
-                    actors[index] = new_actor()
-                    names[index] = names.pop()
+                    spawn(index)
                 if attempt < MAX_ATTEMPTS:
                     queue.put_nowait((episode, attempt + 1))
                 else:

@@ -176,7 +176,7 @@ def reap_orphan_cgroups() -> int:
         for name in names:
             match = _CGROUP_NAME.match(name)
             if match and start_ticks(int(match.group(1))) != match.group(2):
-                orphan = CgroupV1({"memory": base}, memory_bytes=0, pids=0, cpus=0, adopt=name)
+                orphan = Cgroup.existing(os.path.join(base, name))
                 orphan.remove()
                 removed += not os.path.exists(orphan.path)
     return removed
@@ -199,6 +199,13 @@ class Cgroup:
         except OSError:
             self.remove()
             raise
+
+    @classmethod
+    def existing(cls, path: str) -> Cgroup:
+        """A handle on a cgroup directory made earlier (any version), enough to ``kill`` and ``remove`` it."""
+        cgroup = cls.__new__(cls)
+        cgroup.path = path
+        return cgroup
 
     def _write(self, name: str, value: str, required: bool = True) -> None:
         try:
@@ -274,14 +281,10 @@ class CgroupV1(Cgroup):
         """One directory per controller."""
         return list(self.paths.values())
 
-    def __init__(
-        self, parents: dict[str, str], *, memory_bytes: int, pids: int, cpus: float, adopt: str | None = None
-    ):
-        name = adopt or _cgroup_name()
+    def __init__(self, parents: dict[str, str], *, memory_bytes: int, pids: int, cpus: float):
+        name = _cgroup_name()
         self.paths = {controller: os.path.join(base, name) for controller, base in parents.items()}
         self.path = self.paths["memory"]
-        if adopt:  # an existing cgroup (any version: cgroup.procs and rmdir are all the reaper needs)
-            return
         try:
             for path in self.paths.values():
                 os.mkdir(path)

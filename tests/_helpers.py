@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 
 def solve(messages):
     """The right answer to an Arithmetic-v0 prompt, parsed from our own prompt format."""
     a, op, b = re.fullmatch(r"(\d+)([+*-])(\d+)=", messages[0]["content"]).groups()
     return str({"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op])
+
+
+def run_cli(*args, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m aligngym ARGS...`` in a subprocess, output captured as text."""
+    cmd = [sys.executable, "-m", "aligngym", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

@@ -9,15 +9,11 @@ import sys
 import time
 
 import pytest
-from _helpers import solve
+from _helpers import run_cli, solve
 
 from aligngym.trajectory import read_trajectories
 
 CLI = [sys.executable, "-m", "aligngym"]
-
-
-def run_cli(*args, timeout=120):
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_envs_lists_every_registered_id():

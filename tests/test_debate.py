@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
-import sys
 
 import pytest
+from _helpers import run_cli
 
 import aligngym
 from aligngym.agents import ScriptedAgent
@@ -103,52 +102,26 @@ def test_self_play_rollout_writes_one_row_per_agent(tmp_path):
 @pytest.mark.slow
 def test_cli_self_play_with_tiny_model_and_per_seat_server(chat_server, tmp_path):
     out = tmp_path / "tiny.jsonl"
-    cmd = [
-        sys.executable,
-        "-m",
-        "aligngym",
+    result = run_cli(
         "rollout",
         "aligngym/Debate-v0",
-        "--model",
-        "tiny",
-        "--episodes",
-        "3",
-        "--max-tokens",
-        "8",
-        "--out",
-        str(out),
-        "--no-progress",
-        "--env-kwargs",
-        '{"num_agents": 2, "rounds": 1}',
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        *("--model", "tiny", "--episodes", 3, "--max-tokens", 8, "--out", out, "--no-progress"),
+        *("--env-kwargs", '{"num_agents": 2, "rounds": 1}'),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     rows = read_trajectories(out)
     assert len(rows) == 6 and all(r["agent"] == "tiny" and r["error"] is None for r in rows)
 
     server = chat_server(lambda messages, request: arithmetic_answer(messages))
     out = tmp_path / "server.jsonl"
-    cmd = [
-        sys.executable,
-        "-m",
-        "aligngym",
+    seats = ("--model", "agent_0=policy-a", "--model", "agent_1=policy-b", "--model", "agent_2=policy-a")
+    result = run_cli(
         "rollout",
         "aligngym/Debate-v0",
-        "--base-url",
-        server.base_url,
-        "--model",
-        "agent_0=policy-a",
-        "--model",
-        "agent_1=policy-b",
-        "--model",
-        "agent_2=policy-a",
-        "--episodes",
-        "3",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        *("--base-url", server.base_url, *seats, "--episodes", 3, "--out", out, "--no-progress"),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     rows = read_trajectories(out)
     assert len(rows) == 9 and all(r["reward"] == 1.0 for r in rows)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 
 import pytest
-from _helpers import solve
+from _helpers import run_cli, solve
 
 import aligngym
 from aligngym.agents import ScriptedAgent
@@ -87,13 +85,10 @@ def test_sft_filter_threshold_and_top_k(tmp_path):
 def test_pairs_cli(tmp_path):
     _, path = _rollouts(tmp_path, 4)
     out = tmp_path / "pairs.jsonl"
-    cmd = [sys.executable, "-m", "aligngym", "pairs", str(path), "--out", str(out), "--min-margin", "0.5"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    result = run_cli("pairs", path, "--out", out, "--min-margin", "0.5")
     assert result.returncode == 0, result.stderr
     assert len(out.read_text().splitlines()) == 4 and "4 pairs" in result.stdout
-    missing = subprocess.run(
-        [*cmd[:4], str(tmp_path / "none.jsonl"), "--out", str(out)], capture_output=True, text=True
-    )
+    missing = run_cli("pairs", tmp_path / "none.jsonl", "--out", out)
     assert missing.returncode == 2 and "not found" in missing.stderr
 
 

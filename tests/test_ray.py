@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from _helpers import solve
+from _helpers import run_cli, solve
 
 from aligngym.trajectory import read_trajectories
 
@@ -29,27 +28,13 @@ def local_ray():
 def test_cli_rollout_with_two_workers(chat_server, tmp_path):
     server = chat_server(lambda messages, request: solve(messages))
     out = tmp_path / "r.jsonl"
-    cmd = [
-        sys.executable,
-        "-m",
-        "aligngym",
+    result = run_cli(
         "rollout",
         "aligngym/Arithmetic-v0",
-        "--model",
-        "scripted",
-        "--base-url",
-        server.base_url,
-        "--episodes",
-        "24",
-        "--concurrency",
-        "4",
-        "--workers",
-        "2",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+        *("--model", "scripted", "--base-url", server.base_url, "--episodes", 24, "--concurrency", 4),
+        *("--workers", 2, "--out", out, "--no-progress"),
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = read_trajectories(out)
     assert sorted(r["episode"] for r in rows) == list(range(24))
@@ -209,10 +194,14 @@ def test_cli_rollout_on_an_existing_cluster(ray_cluster, chat_server, tmp_path):
     address, env = ray_cluster
     server = chat_server(lambda messages, request: solve(messages))
     out = tmp_path / "r.jsonl"
-    cmd = [sys.executable, "-m", "aligngym", "rollout", "aligngym/Arithmetic-v0", "--model", "scripted"]
-    cmd += ["--base-url", server.base_url, "--episodes", "12", "--workers", "2", "--ray-address", address]
-    cmd += ["--out", str(out), "--no-progress"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    result = run_cli(
+        "rollout",
+        "aligngym/Arithmetic-v0",
+        *("--model", "scripted", "--base-url", server.base_url, "--episodes", 12, "--workers", 2),
+        *("--ray-address", address, "--out", out, "--no-progress"),
+        timeout=240,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Connected to Ray cluster" in result.stderr  # joined it, did not start a local instance
     assert sorted(r["episode"] for r in read_trajectories(out)) == list(range(12))
@@ -220,18 +209,12 @@ def test_cli_rollout_on_an_existing_cluster(ray_cluster, chat_server, tmp_path):
 
 def test_unreachable_cluster_is_a_one_line_usage_error(chat_server, tmp_path):
     server = chat_server(lambda messages, request: "7")
-    cmd = [sys.executable, "-m", "aligngym", "rollout", "aligngym/Arithmetic-v0", "--model", "scripted"]
-    cmd += [
-        "--base-url",
-        server.base_url,
-        "--episodes",
-        "1",
-        "--workers",
-        "2",
-        "--ray-address",
-        "127.0.0.1:9",
-    ]
-    cmd += ["--out", str(tmp_path / "r.jsonl")]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    result = run_cli(
+        "rollout",
+        "aligngym/Arithmetic-v0",
+        *("--model", "scripted", "--base-url", server.base_url, "--episodes", 1, "--workers", 2),
+        *("--ray-address", "127.0.0.1:9", "--out", tmp_path / "r.jsonl"),
+        timeout=60,
+    )
     assert result.returncode == 2 and "cannot reach the Ray cluster" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
+from _helpers import run_cli
 from gymnasium.utils.env_checker import check_env
 
 from aligngym.agents.scripted import ScriptedAgent
@@ -144,9 +143,7 @@ def test_cli_rollout_with_native_tool_calls(chat_server, tmp_path):
         "3",
     ]
     args += ["--out", str(out), "--no-progress", "--env-kwargs", json.dumps({"tasks": str(path)})]
-    result = subprocess.run(
-        [sys.executable, "-m", "aligngym", *args], capture_output=True, text=True, timeout=120
-    )
+    result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     rows = read_trajectories(out)
     assert len(rows) == 3 and len(seen) == 3

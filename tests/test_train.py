@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from _helpers import run_cli
 
 from aligngym.trainers.config import ConfigError, TrainConfig, load_config
 from aligngym.trainers.logging import quarter_means, read_metrics
@@ -52,12 +52,7 @@ def test_short_grpo_run_improves_reward(tmp_path):
     path = tmp_path / "short.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "aligngym", "train", str(path), "--output-dir", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_cli("train", path, "--output-dir", out, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_metrics(out)
     assert len(rows) == 120 // 5 and all("step" in r and "reward" in r for r in rows)
