@@ -134,7 +134,7 @@ def test_timeout_kills_background_children(sb3):
     r = sb3.run(code, language="bash", timeout=0.5)
     assert r.status == "timeout" and r.duration_s < 3.0, r
     time.sleep(3.5)
-    assert not os.path.exists(os.path.join(sb3.workdir, "late.txt"))
+    assert not os.path.exists(os.path.join(sb3.workdir, "late.txt")), (r, sb3.limits_enforced)
 
 
 def test_timeout_kills_a_double_forked_setsid_grandchild(both_bwrap):
