@@ -633,7 +633,13 @@ if os.fork() == 0:
         os.closerange(0, 100)  # a real daemon: it holds none of the run's pipes
         os.execv("/bin/sh", ["/bin/sh", "-c", "trap '' TERM HUP; sleep 30", "{marker}"])
     os._exit(0)
-while not any(b"{marker}" in open(f"/proc/{{p}}/cmdline", "rb").read() for p in os.listdir("/proc") if p.isdigit()):
+def cmdline(pid):
+    try:
+        with open(f"/proc/{{pid}}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:  # it exited while we looked (the intermediate child does)
+        return b""
+while not any(b"{marker}" in cmdline(p) for p in os.listdir("/proc") if p.isdigit()):
     time.sleep(0.01)
 print("started")
 """
