@@ -318,6 +318,19 @@ class TempDirsLeft(AssertionError):
     """The killed owner's sandbox temp directories are still on disk."""
 
 
+def _cgroup_bases() -> list[str]:
+    from aligngym.sandboxes import limits
+
+    parent = limits.cgroup_parent()
+    if parent is None:
+        return []
+    return list(parent.values()) if isinstance(parent, dict) else [parent]
+
+
+def _cgroups_named(bases: list[str], prefix: str) -> list[str]:
+    return [name for base in bases for name in os.listdir(base) if name.startswith(prefix)]
+
+
 @pytest.mark.parametrize("backend", [LOCAL, DOCKER])
 def test_sigkilled_owner_leaves_nothing(backend, tmp_path, request):
     """Attack on the harness: a child process creates a sandbox directly and one from a pool, starts a
@@ -346,6 +359,10 @@ def test_sigkilled_owner_leaves_nothing(backend, tmp_path, request):
         client = _docker_client() if backend == "docker" else None
         if client is not None:
             assert set(info["containers"]) <= set(containers_of(client, owner.pid))
+        # Checked while the owner lives: once it is dead, any xdist worker's first sandbox may reap them.
+        cgroup_bases = _cgroup_bases() if backend == "local" else []
+        owned = f"aligngym-{owner.pid}-"
+        assert not cgroup_bases or _cgroups_named(cgroup_bases, owned), "the owner's sandboxes had no cgroups"
     finally:
         owner.send_signal(signal.SIGKILL)
         owner.wait()
@@ -372,15 +389,9 @@ def test_sigkilled_owner_leaves_nothing(backend, tmp_path, request):
         from aligngym.sandboxes.owner import reap_local_orphans
 
         assert reap_local_orphans(str(private)) >= 1
-        parent = limits.cgroup_parent()
-        if parent is not None:
-            bases = list(parent.values()) if isinstance(parent, dict) else [parent]
-            owned = f"aligngym-{owner.pid}-"
-            before = [n for b in bases for n in os.listdir(b) if n.startswith(owned)]
-            assert before, "the killed owner's sandboxes had cgroups"
-            limits.reap_orphan_cgroups()
-            left = [n for b in bases for n in os.listdir(b) if n.startswith(owned)]
-            assert not left, f"cgroups left by the killed owner: {left}"
+        limits.reap_orphan_cgroups()
+        left = _cgroups_named(cgroup_bases, owned)
+        assert not left, f"cgroups left by the killed owner: {left}"
     left = leftover_dirs(str(private))
     if left:
         import shutil
