@@ -261,6 +261,22 @@ async def _rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _leave_process_group() -> bool:
+    """Meet the other processes of a torchrun/accelerate launch and tear the group down; True on the main one."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    rank, size = dist.get_rank(), dist.get_world_size()
+    # Without this, a process that exits while gloo's threads still run aborts ("terminate called
+    # without an active exception") and the launcher then kills the others mid-write.
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank != 0:
+        print(f"process {rank} of {size} finished; the main process writes the files")
+    return rank == 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from aligngym.envs.registry import UnknownEnvError, spec
     from aligngym.trainers.config import ConfigError, load_config
@@ -278,6 +294,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         train(config)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+    if not _leave_process_group():
+        return 0  # another process of a multi-process launch: the main one reports
     rows = [r for r in read_metrics(config.output_dir) if r.get("reward") is not None]
     if len(rows) >= 4:
         first, last = quarter_means(rows)
