@@ -3,6 +3,7 @@ made (a delegated cgroup v2 subtree, else the cgroup v1 memory/pids/cpu controll
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import math
@@ -130,7 +131,8 @@ def cgroup_v1_parents() -> dict[str, str] | None:
         for name in names.split(","):
             own[name] = path
     parents = {}
-    for controller in ("memory", "pids", "cpu"):
+    # freezer: a tree is frozen before it is killed, so no process sees a child die and acts on it.
+    for controller in ("memory", "pids", "cpu", "freezer"):
         if controller not in own:
             continue
         base = os.path.normpath(os.path.join(CGROUP_ROOT, controller, own[controller].lstrip("/")))
@@ -167,7 +169,7 @@ def reap_orphan_cgroups() -> int:
     """Kill what is left in, and remove, the cgroups of owners that are gone; count them."""
     parent = cgroup_parent()
     bases = list(parent.values()) if isinstance(parent, dict) else [parent] if parent else []
-    removed = 0
+    orphans = []
     for base in bases:
         try:
             names = os.listdir(base)
@@ -176,9 +178,14 @@ def reap_orphan_cgroups() -> int:
         for name in names:
             match = _CGROUP_NAME.match(name)
             if match and start_ticks(int(match.group(1))) != match.group(2):
-                orphan = Cgroup.existing(os.path.join(base, name))
-                orphan.remove()
-                removed += not os.path.exists(orphan.path)
+                orphans.append(Cgroup.existing(os.path.join(base, name)))
+    for orphan in orphans:  # first, so no controller's removal waits on tasks frozen in another
+        if os.path.exists(os.path.join(orphan.path, "freezer.state")):
+            _thaw(orphan.path)  # its owner died mid-kill: frozen tasks would never act on their SIGKILL
+    removed = 0
+    for orphan in orphans:
+        orphan.remove()
+        removed += not os.path.exists(orphan.path)
     return removed
 
 
@@ -307,8 +314,21 @@ class CgroupV1(Cgroup):
         return ["/bin/sh", "-c", script, "sh", str(len(procs)), *procs, *argv]
 
     def kill(self) -> None:
-        """SIGKILL every process in the cgroup (v1 has no cgroup.kill: repeat while forks race the kill)."""
-        for _ in range(20):
+        """SIGKILL every process in the cgroup, frozen first where the freezer controller is there."""
+        # v1 has no cgroup.kill. Killed one by one, a parent can wake between its child's kill and its own
+        # and still run: write a file, print. Frozen, nothing runs until all are killed and it is thawed.
+        freezer = self.paths.get("freezer")
+        frozen = freezer is not None and _freeze(freezer)
+        try:
+            self._kill_listed(passes=1 if frozen else 20)  # frozen: nothing forks, and nothing dies yet
+        finally:
+            if frozen:
+                _thaw(freezer)
+        self._kill_listed()  # whatever a fork in flight left
+
+    def _kill_listed(self, passes: int = 20) -> None:
+        """SIGKILL the processes the cgroup lists, again while forks race the kill."""
+        for _ in range(passes):
             pids = set()
             for path in self.dirs():
                 try:
@@ -323,3 +343,23 @@ class CgroupV1(Cgroup):
                 except (ProcessLookupError, PermissionError, ValueError):
                     pass
             time.sleep(0.005)
+
+
+def _freeze(path: str, wait_s: float = 0.5) -> bool:
+    """Freeze a v1 freezer cgroup; True once the kernel says FROZEN (a task stuck in the kernel can delay it)."""
+    state = os.path.join(path, "freezer.state")
+    try:
+        Path(state).write_text("FROZEN")
+        deadline = time.monotonic() + wait_s
+        while _read(state).strip() != "FROZEN":
+            if time.monotonic() > deadline:
+                return True  # partly frozen still narrows the window; thaw it all the same
+            time.sleep(0.001)
+    except OSError:
+        return False
+    return True
+
+
+def _thaw(path: str) -> None:
+    with contextlib.suppress(OSError):
+        Path(path, "freezer.state").write_text("THAWED")

@@ -398,3 +398,45 @@ def test_sigkilled_owner_leaves_nothing(backend, tmp_path, request):
 
         shutil.rmtree(private, ignore_errors=True)  # clean up after the known leak
         raise TempDirsLeft(f"sandbox temp directories left by the killed owner: {left}")
+
+
+# -- an owner that died while a cgroup v1 tree was frozen for its kill -------------------------------
+FROZEN_OWNER = """
+import json, os, subprocess, time
+from aligngym.sandboxes import limits
+cgroup = limits.new_cgroup(limits.cgroup_parent(), memory_bytes=64 << 20, pids=8, cpus=1)
+sleeper = subprocess.Popen(cgroup.wrap(["sleep", "600"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+procs = os.path.join(cgroup.path, "cgroup.procs")
+while str(sleeper.pid) not in open(procs).read().split():
+    time.sleep(0.01)
+limits._freeze(cgroup.paths["freezer"])  # the first step of a kill; the owner dies right after it
+state = open(os.path.join(cgroup.paths["freezer"], "freezer.state")).read().strip()
+print(json.dumps({"pid": sleeper.pid, "dirs": cgroup.dirs(), "state": state}), flush=True)
+os._exit(0)
+"""
+
+
+def test_reaper_thaws_and_removes_a_cgroup_left_frozen():
+    """Attack on the harness: the owner dies between freezing a run's cgroup and killing it. Expected: the
+    reaper thaws it, so its SIGKILL takes, and removes every controller's directory."""
+    from aligngym.sandboxes import limits
+
+    parent = limits.cgroup_parent()
+    if not (isinstance(parent, dict) and "freezer" in parent):
+        pytest.skip("needs root and the cgroup v1 freezer controller (kills elsewhere are atomic already)")
+    out = subprocess.run([sys.executable, "-c", FROZEN_OWNER], capture_output=True, text=True, timeout=60)
+    info = json.loads(out.stdout or "null")
+    assert info and info["state"] == "FROZEN", out.stderr
+    limits.reap_orphan_cgroups()  # other xdist workers' reapers may get there first: the same code
+
+    def stopped() -> bool:
+        try:
+            with open(f"/proc/{info['pid']}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # dead, its new parent yet to reap it
+        except FileNotFoundError:
+            return True
+
+    assert wait_until(stopped, 10) is not None, f"the frozen sleeper {info['pid']} outlived the reaper"
+    assert wait_until(lambda: not any(os.path.exists(d) for d in info["dirs"]), 10) is not None, [
+        d for d in info["dirs"] if os.path.exists(d)
+    ]

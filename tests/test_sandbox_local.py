@@ -14,6 +14,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -137,6 +139,26 @@ def test_timeout_kills_background_children(sb3):
     assert not os.path.exists(os.path.join(sb3.workdir, "late.txt")), (r, sb3.limits_enforced)
 
 
+def test_a_timeout_kill_gives_no_process_a_moment_to_act(sb3):
+    # 25 parents (within the pids limit), each waiting for its child and writing a file the moment the child dies. A kill that
+    # goes process by process wakes parents whose child went first: they would write before their own turn.
+    # Busy CPUs preempt the killer mid-loop (how CI found it); on idle ones the window is too short to hit.
+    code = "for i in $(seq 25); do (sleep 30; echo raced > raced.$i) & done; wait"
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() + 1)
+    ]
+    try:
+        r = sb3.run(code, language="bash", timeout=1.5)
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    assert r.status == "timeout", r
+    time.sleep(0.5)
+    raced = [name for name in os.listdir(sb3.workdir) if name.startswith("raced")]
+    assert raced == [], (len(raced), sb3.limits_enforced)
+
+
 def test_timeout_kills_a_double_forked_setsid_grandchild(both_bwrap):
     bsb = both_bwrap
     marker = f"agym-orphan-{uuid.uuid4().hex}"
@@ -237,6 +259,8 @@ def test_no_network(bsb):
     port = server.getsockname()[1]
     code = f"""
 import socket
+import subprocess
+import sys
 for what, call in [("connect", lambda: socket.create_connection(("127.0.0.1", {port}), timeout=2)),
                    ("dns", lambda: socket.gethostbyname("example.com"))]:
     try:
