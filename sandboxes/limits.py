@@ -1,5 +1,5 @@
 """Resource limits for sandboxed programs: rlimits set by a tiny exec wrapper, plus a cgroup where one can be
-made (a delegated cgroup v2 subtree, else the cgroup v1 memory/pids/cpu controllers, e.g. as root)."""
+made (a delegated cgroup v2 subtree, else the cgroup v1 memory/pids/cpu/freezer controllers, e.g. as root)."""
 
 from __future__ import annotations
 
