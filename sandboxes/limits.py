@@ -317,6 +317,8 @@ class CgroupV1(Cgroup):
         """SIGKILL every process in the cgroup, frozen first where the freezer controller is there."""
         # v1 has no cgroup.kill. Killed one by one, a parent can wake between its child's kill and its own
         # and still run: write a file, print. Frozen, nothing runs until all are killed and it is thawed.
+        if not self._listed():
+            return  # the usual case at removal: nothing to freeze
         freezer = self.paths.get("freezer")
         frozen = freezer is not None and _freeze(freezer)
         try:
@@ -328,13 +330,10 @@ class CgroupV1(Cgroup):
 
     def _kill_listed(self, passes: int = 20) -> None:
         """SIGKILL the processes the cgroup lists, again while forks race the kill."""
-        for _ in range(passes):
-            pids = set()
-            for path in self.dirs():
-                try:
-                    pids.update(_read(os.path.join(path, "cgroup.procs")).split())
-                except OSError:
-                    pass
+        for attempt in range(passes):
+            if attempt:
+                time.sleep(0.005)  # let the killed go, and forks in flight land
+            pids = self._listed()
             if not pids:
                 return
             for pid in pids:
@@ -342,7 +341,13 @@ class CgroupV1(Cgroup):
                     os.kill(int(pid), signal.SIGKILL)
                 except (ProcessLookupError, PermissionError, ValueError):
                     pass
-            time.sleep(0.005)
+
+    def _listed(self) -> set[str]:
+        pids: set[str] = set()
+        for path in self.dirs():
+            with contextlib.suppress(OSError):
+                pids.update(_read(os.path.join(path, "cgroup.procs")).split())
+        return pids
 
 
 def _freeze(path: str, wait_s: float = 0.5) -> bool:
