@@ -323,8 +323,14 @@ class DockerPool:
         import docker
 
         container.channel.close()
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        try:
             self.client.api.remove_container(container.id, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError:
+            # 409 "removal already in progress": the executor saw EOF and auto_remove got there first.
+            # Wait for it, so a closed sandbox's container is gone when close() returns.
+            _wait_until_gone(self.client, container.id)
         with self._cond:
             self._all.pop(container.id, None)
 
@@ -343,6 +349,22 @@ class DockerPool:
         # Then one by one (no threads: this runs at exit) for executors that cannot see EOF (paused, hung).
         for container in containers:
             self._remove(container)
+
+
+def _wait_until_gone(client: Any, container_id: str, timeout_s: float = 10.0) -> bool:
+    """Poll until the daemon no longer knows the container; False if it is still there at the deadline."""
+    import docker
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            client.api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return True
+        except docker.errors.APIError:
+            pass
+        time.sleep(0.02)
+    return False
 
 
 _default_pool: DockerPool | None = None

@@ -387,6 +387,33 @@ def test_warm_pool_hands_out_started_containers(image):
         pool.shutdown()
 
 
+def test_close_returns_once_the_container_is_gone_even_when_auto_remove_races_it(image, client):
+    # close() ends the channel (the executor exits, auto_remove starts) and force-removes. On busy CPUs the
+    # daemon's own removal often wins and the force-remove gets 409 "removal in progress": close() must then
+    # wait, not return while the container is still listed as "removing". Burners make the race common.
+    import docker
+
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() + 1)
+    ]
+    still_there = []
+    try:
+        for _ in range(30):
+            sandbox = make_sandbox("docker")
+            assert sandbox.run("pass").ok
+            cid = sandbox.container_id
+            sandbox.close()
+            try:
+                still_there.append(client.api.inspect_container(cid)["State"]["Status"])
+            except docker.errors.NotFound:
+                pass
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    assert still_there == []
+
+
 _OWNER = """
 import sys, time
 import docker
