@@ -387,6 +387,13 @@ def test_warm_pool_hands_out_started_containers(image):
         pool.shutdown()
 
 
+def test_programs_run_below_the_executor_priority(sb):
+    # The executor's timer shares the container's CPUs with the program: a fork bomb at equal weight
+    # starved it and the kill came a second late (CI). Nice 19 for the whole run keeps the executor on time.
+    r = sb.run("import os, subprocess; print(os.getpriority(os.PRIO_PROCESS, 0)); subprocess.run(['nice'])")
+    assert r.stdout.split() == ["19", "19"], r
+
+
 def test_close_returns_once_the_container_is_gone_even_when_auto_remove_races_it(image, client):
     # close() ends the channel (the executor exits, auto_remove starts) and force-removes. On busy CPUs the
     # daemon's own removal often wins and the force-remove gets 409 "removal in progress": close() must then
