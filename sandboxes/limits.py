@@ -246,23 +246,36 @@ class Cgroup:
     def kill(self) -> None:
         """SIGKILL every process in the cgroup."""
         try:
-            Path(self.path, "cgroup.kill").write_text("1")
+            Path(self.path, "cgroup.kill").write_text("1")  # atomic, where the kernel has it (5.14+)
             return
         except OSError:
             pass
-        try:
-            pids = _read(os.path.join(self.path, "cgroup.procs")).split()
-        except OSError:
-            return
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError, ValueError):
-                pass
+        self._kill_listed()
 
     def dirs(self) -> list[str]:
         """Its directories (one per controller on cgroup v1)."""
         return [self.path]
+
+    def _kill_listed(self, passes: int = 20) -> None:
+        """SIGKILL the processes the cgroup lists, again while forks race the kill."""
+        for attempt in range(passes):
+            if attempt:
+                time.sleep(0.005)  # let the killed go, and forks in flight land
+            pids = self._listed()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError, ValueError):
+                    pass
+
+    def _listed(self) -> set[str]:
+        pids: set[str] = set()
+        for path in self.dirs():
+            with contextlib.suppress(OSError):
+                pids.update(_read(os.path.join(path, "cgroup.procs")).split())
+        return pids
 
     def remove(self) -> None:
         """Kill what is left and delete the cgroup (best effort)."""
@@ -327,27 +340,6 @@ class CgroupV1(Cgroup):
             if frozen:
                 _thaw(freezer)
         self._kill_listed()  # whatever a fork in flight left
-
-    def _kill_listed(self, passes: int = 20) -> None:
-        """SIGKILL the processes the cgroup lists, again while forks race the kill."""
-        for attempt in range(passes):
-            if attempt:
-                time.sleep(0.005)  # let the killed go, and forks in flight land
-            pids = self._listed()
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, PermissionError, ValueError):
-                    pass
-
-    def _listed(self) -> set[str]:
-        pids: set[str] = set()
-        for path in self.dirs():
-            with contextlib.suppress(OSError):
-                pids.update(_read(os.path.join(path, "cgroup.procs")).split())
-        return pids
 
 
 def _freeze(path: str, wait_s: float = 0.5) -> bool:
