@@ -25,16 +25,22 @@ def local_ray():
     ray.shutdown()
 
 
+def _rollout(server, out, episodes: int, *flags, timeout: float = 240, env: dict | None = None):
+    """``aligngym rollout`` of Arithmetic by the scripted agent against ``server``, with extra ``flags``."""
+    return run_cli(
+        "rollout",
+        "aligngym/Arithmetic-v0",
+        *("--model", "scripted", "--base-url", server.base_url, "--episodes", episodes, *flags),
+        *("--out", out, "--no-progress"),
+        timeout=timeout,
+        env=env,
+    )
+
+
 def test_cli_rollout_with_two_workers(chat_server, tmp_path):
     server = chat_server(lambda messages, request: solve(messages))
     out = tmp_path / "r.jsonl"
-    result = run_cli(
-        "rollout",
-        "aligngym/Arithmetic-v0",
-        *("--model", "scripted", "--base-url", server.base_url, "--episodes", 24, "--concurrency", 4),
-        *("--workers", 2, "--out", out, "--no-progress"),
-        timeout=240,
-    )
+    result = _rollout(server, out, 24, "--concurrency", 4, "--workers", 2)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = read_trajectories(out)
     assert sorted(r["episode"] for r in rows) == list(range(24))
@@ -194,14 +200,7 @@ def test_cli_rollout_on_an_existing_cluster(ray_cluster, chat_server, tmp_path):
     address, env = ray_cluster
     server = chat_server(lambda messages, request: solve(messages))
     out = tmp_path / "r.jsonl"
-    result = run_cli(
-        "rollout",
-        "aligngym/Arithmetic-v0",
-        *("--model", "scripted", "--base-url", server.base_url, "--episodes", 12, "--workers", 2),
-        *("--ray-address", address, "--out", out, "--no-progress"),
-        timeout=240,
-        env=env,
-    )
+    result = _rollout(server, out, 12, "--workers", 2, "--ray-address", address, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Connected to Ray cluster" in result.stderr  # joined it, did not start a local instance
     assert sorted(r["episode"] for r in read_trajectories(out)) == list(range(12))
@@ -209,12 +208,8 @@ def test_cli_rollout_on_an_existing_cluster(ray_cluster, chat_server, tmp_path):
 
 def test_unreachable_cluster_is_a_one_line_usage_error(chat_server, tmp_path):
     server = chat_server(lambda messages, request: "7")
-    result = run_cli(
-        "rollout",
-        "aligngym/Arithmetic-v0",
-        *("--model", "scripted", "--base-url", server.base_url, "--episodes", 1, "--workers", 2),
-        *("--ray-address", "127.0.0.1:9", "--out", tmp_path / "r.jsonl"),
-        timeout=60,
+    result = _rollout(
+        server, tmp_path / "r.jsonl", 1, "--workers", 2, "--ray-address", "127.0.0.1:9", timeout=60
     )
     assert result.returncode == 2 and "cannot reach the Ray cluster" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
