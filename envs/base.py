@@ -90,6 +90,8 @@ class TextEnv(gym.Env[str, str], abc.ABC):
         self.turns = 0
         self.episode_reward = 0.0
         self._done = False
+        #: An episode was started (reset) and has not ended yet: the next reset ends it first.
+        self._episode_open = False
 
     # -- to implement -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -108,12 +110,17 @@ class TextEnv(gym.Env[str, str], abc.ABC):
         """Free what only a running episode needs (e.g. give a pooled sandbox back); called once it ends."""
 
     def close(self) -> None:
+        self._episode_open = False
         self.end_episode()  # an episode cut short still gives back what it held
         super().close()
 
     # -- gymnasium API ------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
+        # An episode abandoned mid-way ends here: its pooled sandbox goes back and is reset, so nothing it
+        # planted (files, processes) reaches the next episode.
+        self._end_open_episode()
         super().reset(seed=seed)
+        self._episode_open = True  # before new_episode: what a failing one took is given back next time
         self.turns = 0
         self.episode_reward = 0.0
         self._done = False
@@ -123,6 +130,20 @@ class TextEnv(gym.Env[str, str], abc.ABC):
             self.messages.append({"role": "system", "content": self.system_prompt})
         self.messages.append({"role": "user", "content": observation})
         return observation, self._info(info, {})
+
+    async def areset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict]:
+        """Async ``reset``: an open episode is ended (its sandbox reset) in a worker thread."""
+        if self._episode_open:
+            self._episode_open = False
+            await asyncio.to_thread(self.end_episode)
+        return self.reset(seed=seed, options=options)
+
+    def _end_open_episode(self) -> None:
+        if self._episode_open:
+            self._episode_open = False
+            self.end_episode()
 
     def step(self, action: str | Message) -> tuple[str, float, bool, bool, dict]:
         return self._after_turn(self.turn(self._before_turn(action)))
@@ -161,6 +182,7 @@ class TextEnv(gym.Env[str, str], abc.ABC):
         self._done = terminated or truncated
         if self._done:
             # An env parked between episodes must not hold a sandbox that another episode waits for.
+            self._episode_open = False
             self.end_episode()
         if result.messages is not None:
             self.messages.extend(dict(m) for m in result.messages)

@@ -39,9 +39,11 @@ def load_tasks(source: str | Path | Iterable[Mapping[str, Any] | CodeTask] | Non
 class CodeExecEnv(TextEnv):
     """Write a Python function that passes hidden unit tests, run in a sandbox.
 
-    Tasks come in three forms (see ``aligngym.feedback.unit_tests.CodeTask``): MBPP-style ``tests`` (assert
+    Tasks come in three forms (see ``aligngym.feedback.code_task.CodeTask``): MBPP-style ``tests`` (assert
     snippets), input/output ``cases`` for an ``entry_point`` (compared strictly outside the sandbox), and
-    HumanEval rows. The answer is the last fenced python block of the assistant message.
+    HumanEval rows (each graded assert of ``check`` is one test). The answer is the last fenced python block of
+    the assistant message. Grading is split: the tests run in a process that never executes the answer, and
+    only plain values cross between them (docs/grading.md).
 
     Reward components (of the current attempt): ``pass_rate``, ``all_passed``, ``syntax_error``, ``timeout``.
     With ``max_turns == 1`` the reward is ``pass_rate`` and the episode always terminates. With
@@ -51,9 +53,9 @@ class CodeExecEnv(TextEnv):
     ``max_turns`` attempts.
 
     ``sandbox`` is a backend name (a sandbox is taken on first use from the process-wide pool for that
-    backend and config, ``aligngym.sandboxes.pool.get_pool``, kept across episodes and given back, reset, by
-    ``close()``; so environments run one after another reuse warm sandboxes) or a ready sandbox object,
-    which the caller keeps and closes.
+    backend and config, ``aligngym.sandboxes.pool.get_pool``, and given back, reset, when the episode ends,
+    ``reset()`` mid-episode included, so every episode starts in a clean sandbox) or a ready sandbox object,
+    which the caller keeps, closes and is responsible for cleaning between episodes.
     """
 
     description = "Write a Python function; reward = fraction of unit tests passed in a sandbox (self-debug)."

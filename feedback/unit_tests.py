@@ -1,19 +1,21 @@
-"""Unit-test verification of Python solutions in a sandbox, with a harness that model code cannot fool.
+"""Unit-test verification of Python solutions in a sandbox: a split grader that model code cannot fool.
 
-One sandbox process per attempt runs a fixed harness program; the solution, the tests and a per-attempt nonce
-arrive on stdin, so nothing the grader knows is in the program file. The harness reports one line
-``<nonce> <json>`` per test on a private duplicate of stdout, and the grader outside the sandbox counts a test as
-passed only when such a line says so (and, for input/output cases, when the returned value matches the expected
-one under ``compare_strict``). Everything else, including tests that never reported, is a failure.
-
-Assert-style tests run in the solution's process, so their operands must be built-in values (an object with its
-own ``__eq__``/``__bool__`` fails) and they see unpatched builtins; a solution that deliberately walks the
-harness's frames could still forge them, which is why ``cases`` tasks, judged outside the sandbox, are the
-stronger form."""
+One sandbox run per attempt executes ``_harness.py`` isolated (``python -I``). Its main process, the trusted
+*tester*, forks the *candidate* before it reads anything secret, then reads the nonce and the tests from stdin
+and runs the tests itself; every call a test makes to the solution crosses a pipe to the candidate as plain
+data (see ``aligngym.feedback._harness``), so nothing the solution defines, patches or returns as an object
+is ever visible to a test, and no expected value enters the solution's process. The tester reports one
+``<nonce> <json>`` line per test; the grader outside the sandbox counts a test as passed only when such a line
+says so (and, for input/output cases, when the returned value matches the expected one under
+``compare_strict``; expected outputs never enter the sandbox). Everything else, including tests that never
+reported, is a failure. Threat model and guarantees: docs/grading.md.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import marshal
 import math
 import re
 import secrets
@@ -22,110 +24,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The program every graded run executes, kept as a real module so it is linted and readable; it is sent
-# into the sandbox as source text.
-HARNESS_PROGRAM = (Path(__file__).with_name("_harness.py")).read_text(encoding="utf-8")
+from .code_task import Case, CodeTask, as_task, assemble_solution
 
-_DEF_RE = r"^\s*(?:async\s+)?def\s+{name}\s*\("
+__all__ = ["Case", "CodeTask", "UnitTestVerifier", "VerifyResult", "build_harness", "grade", "parse_report"]
 
-
-@dataclass(frozen=True)
-class Case:
-    """One input/output check: ``entry_point(*input)`` must return ``output``."""
-
-    input: list[Any]
-    output: Any
+# The grading program's modules, in import order; the last one runs as __main__ (see ``_program``).
+_HARNESS_MODULES = ("_wire", "_testcode", "_candidate", "_harness")
 
 
-@dataclass
-class CodeTask:
-    """A validated coding task in one of three forms: ``tests`` (MBPP asserts), ``cases`` or ``humaneval``."""
-
-    id: str
-    prompt: str
-    kind: str
-    tests: list[str] = field(default_factory=list)
-    cases: list[Case] = field(default_factory=list)
-    entry_point: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        return len(self.cases) if self.kind == "cases" else len(self.tests)
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any], index: int | None = None) -> CodeTask:
-        """Validate a task row (dict) and build the task; a malformed row raises ``ValueError``."""
-        where = f"row {index}" if index is not None else "row"
-        if not isinstance(row, Mapping):
-            raise ValueError(f"code task {where}: expected a JSON object, got {type(row).__name__}")
-        task_id = row.get("id", row.get("task_id"))
-        if not isinstance(task_id, str | int) or isinstance(task_id, bool) or task_id == "":
-            raise ValueError(f"code task {where}: missing 'id' (or HumanEval 'task_id')")
-        name = f"code task {str(task_id)!r}"
-        prompt = row.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"{name}: missing 'prompt' (a non-empty string)")
-        entry_point = row.get("entry_point")
-        if entry_point is not None and not (isinstance(entry_point, str) and entry_point.isidentifier()):
-            raise ValueError(f"{name}: 'entry_point' must be a Python identifier, got {entry_point!r}")
-        known = {"id", "task_id", "prompt", "entry_point", "tests", "cases", "test"}
-        extra = {k: v for k, v in row.items() if k not in known}
-        task = cls(id=str(task_id), prompt=prompt, kind="", entry_point=entry_point, extra=extra)
-        if "cases" in row:
-            task.kind, task.cases = "cases", _validate_cases(name, row["cases"], entry_point)
-        elif "test" in row:
-            test = row["test"]
-            if entry_point is None:
-                raise ValueError(f"{name}: HumanEval rows need 'entry_point'")
-            if not isinstance(test, str) or "def check" not in test:
-                raise ValueError(f"{name}: HumanEval 'test' must be source defining check(candidate)")
-            task.kind, task.tests = "humaneval", [f"{test}\n\ncheck({entry_point})\n"]
-        elif "tests" in row:
-            tests = row["tests"]
-            if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
-                raise ValueError(f"{name}: 'tests' must be a non-empty list of Python source strings")
-            task.kind, task.tests = "tests", list(tests)
-        else:
-            raise ValueError(f"{name}: missing 'tests', or 'cases' with 'entry_point', or HumanEval 'test'")
-        for i, source in enumerate(task.tests):
-            try:
-                compile(source, f"<test {i}>", "exec", dont_inherit=True)
-            except (SyntaxError, ValueError) as exc:
-                raise ValueError(f"{name}: test {i} is not valid Python: {exc}") from None
-        return task
+def _program(folder: Path) -> str:
+    """One program text carrying the harness modules as bytecode compiled here once (compiling them in every
+    run cost ~6 ms, most of a warm run), each also as source for an interpreter with another bytecode format.
+    The stub registers them in ``sys.modules`` under their real names, so their imports work unchanged."""
+    modules = []
+    for name in _HARNESS_MODULES:
+        source = (folder / f"{name}.py").read_text(encoding="utf-8")
+        code = marshal.dumps(compile(source, f"<{name}>", "exec", dont_inherit=True))
+        modules.append((f"aligngym.feedback.{name}", code, source))
+    return (
+        "import marshal, sys, types, _frozen_importlib_external as _boot\n"
+        f"_same = _boot.MAGIC_NUMBER == {importlib.util.MAGIC_NUMBER!r}\n"
+        "for _name in ('aligngym', 'aligngym.feedback'):\n"
+        "    sys.modules[_name] = types.ModuleType(_name)\n"
+        "    sys.modules[_name].__path__ = []\n"
+        f"for _name, _code, _source in {modules[:-1]!r}:\n"
+        "    _module = sys.modules[_name] = types.ModuleType(_name)\n"
+        "    _module.__file__ = __file__\n"
+        "    exec(marshal.loads(_code) if _same else compile(_source, _name, 'exec'), _module.__dict__)\n"
+        f"_name, _code, _source = {modules[-1]!r}\n"
+        "exec(marshal.loads(_code) if _same else compile(_source, _name, 'exec'))\n"
+    )
 
 
-def _validate_cases(name: str, cases: Any, entry_point: str | None) -> list[Case]:
-    if entry_point is None:
-        raise ValueError(f"{name}: 'cases' rows need 'entry_point' (the function to call)")
-    if not isinstance(cases, list) or not cases:
-        raise ValueError(f"{name}: 'cases' must be a non-empty list")
-    out = []
-    for i, case in enumerate(cases):
-        if not isinstance(case, Mapping) or "input" not in case or "output" not in case:
-            raise ValueError(f"{name}: case {i} needs 'input' and 'output'")
-        if not isinstance(case["input"], list):
-            raise ValueError(f"{name}: case {i} 'input' must be a list of arguments")
-        out.append(Case(input=case["input"], output=case["output"]))
-    return out
-
-
-def as_task(task: CodeTask | Mapping[str, Any]) -> CodeTask:
-    """Accept a ``CodeTask`` or a raw row."""
-    return task if isinstance(task, CodeTask) else CodeTask.from_row(task)
-
-
-def assemble_solution(solution: str, task: CodeTask) -> str:
-    """The program to load: HumanEval answers may be a body to append to the prompt or a whole function."""
-    if task.kind != "humaneval" or task.entry_point is None:
-        return solution
-    match = re.search(_DEF_RE.format(name=re.escape(task.entry_point)), task.prompt, re.M)
-    if re.search(_DEF_RE.format(name=re.escape(task.entry_point)), solution, re.M):
-        # keep the prompt's imports and helpers, which a rewritten function usually relies on
-        header = task.prompt[: match.start()] if match else ""
-        return f"{header}\n{solution}" if header.strip() else solution
-    return task.prompt + solution
+# The program every graded run executes; the harness modules are real modules, linted and readable.
+HARNESS_PROGRAM = _program(Path(__file__).parent)
 
 
 def new_nonce() -> str:
@@ -143,15 +75,18 @@ def build_harness(
         raise ValueError("nonce must be at least 16 URL-safe characters")
     payload: dict[str, Any] = {
         "solution": assemble_solution(solution, task),
-        "kind": "cases" if task.kind == "cases" else "tests",
+        "kind": task.kind,
         "limit": float(test_timeout),
+        "names": task.names,
+        "entry_point": task.entry_point,
     }
     if task.kind == "cases":
         # only inputs go in: expected outputs never enter the sandbox
-        payload["entry_point"] = task.entry_point
         payload["inputs"] = [list(c.input) for c in task.cases]
     else:
         payload["tests"] = list(task.tests)
+    if task.kind == "humaneval":
+        payload["setup"] = task.prompt  # the prompt's helpers (trusted task text) run in the tester
     return HARNESS_PROGRAM, f"{nonce}\n{json.dumps(payload)}\n"
 
 
@@ -307,7 +242,7 @@ def _describe_test(task: CodeTask, index: int) -> str:
         args = ", ".join(repr(a) for a in task.cases[index].input)
         return f"{task.entry_point}({args}) == {task.cases[index].output!r}"
     if task.kind == "humaneval":
-        return f"check({task.entry_point})"
+        return task.graded[index][1] if task.graded else f"check({task.entry_point})"
     lines = [ln for ln in task.tests[index].splitlines() if ln.strip()]
     return lines[0].strip() if lines else ""
 
@@ -326,7 +261,7 @@ def grade(task: CodeTask, report: HarnessReport, status: str) -> VerifyResult:
             details.append(TestDetail(i, False, source, why, timed_out=status == "timeout"))
             continue
         line = ""
-        if outcome.lineno and task.kind != "cases":
+        if outcome.lineno and task.kind == "tests":
             src_lines = task.tests[i].splitlines()
             line = src_lines[outcome.lineno - 1] if outcome.lineno <= len(src_lines) else ""
         passed, error = outcome.ok, outcome.error
@@ -374,11 +309,15 @@ class UnitTestVerifier:
     def verify(self, solution: str, task: CodeTask | Mapping[str, Any]) -> VerifyResult:
         """Run the solution against the task's tests in one sandbox process."""
         task, nonce, program, stdin = self._prepare(solution, task)
-        result = self.sandbox.run(program, language="python", stdin=stdin, timeout=self.timeout)
+        result = self.sandbox.run(
+            program, language="python", stdin=stdin, timeout=self.timeout, isolated=True
+        )
         return grade(task, parse_report(result.stdout or "", nonce), result.status)
 
     async def averify(self, solution: str, task: CodeTask | Mapping[str, Any]) -> VerifyResult:
         """Async ``verify``: awaits the sandbox so many verifications share one event loop."""
         task, nonce, program, stdin = self._prepare(solution, task)
-        result = await self.sandbox.arun(program, language="python", stdin=stdin, timeout=self.timeout)
+        result = await self.sandbox.arun(
+            program, language="python", stdin=stdin, timeout=self.timeout, isolated=True
+        )
         return grade(task, parse_report(result.stdout or "", nonce), result.status)

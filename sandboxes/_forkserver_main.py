@@ -17,7 +17,9 @@ P's status. The kernel kills everything left in a pid namespace when its pid 1 e
 
 Unlike fresh interpreters, the runs of one server share its hash seed (str hashes, set order), a preloaded
 stdlib module wins over a same-named file in the working directory, and at exit only the program's own
-``__main__`` objects are released, not every module (see ``_finish``).
+``__main__`` objects are released, not every module (see ``_finish``). An isolated run (``"isolated"`` in
+its job) gets what ``python -I`` would give it (see ``_isolate_sys_path``) except ``sys.flags``, which a
+forked interpreter cannot change.
 """
 
 import atexit
@@ -34,17 +36,24 @@ import selectors
 import signal
 import site
 import socket
+import stat
 import sys
 import threading
 import types
 from typing import Any, NoReturn
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x20000, 0x8000000, 0x10000000, 0x20000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT = 1, 2, 4, 32
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
 PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 4, 24, 36, 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 CODE_DIR = "/.aligngym"
 SANDBOX_DIR = "/sandbox"
+FRESH_DIRS = ("/tmp", "/dev/shm")  # mounted anew for every run
+#: Never on an isolated run's sys.path: the working directory and the program's own directory (besides
+#: whatever the run can write, such as /tmp; a venv bound there read-only stays).
+NEVER_ON_PATH = (SANDBOX_DIR, CODE_DIR)
+ISOLATED_PYTHON_FLAGS = ("-I", "-B", "-u")  # as the host's one-shot runs start Python (sandboxes.base)
+ISOLATED_BASH_FLAGS = ("--noprofile", "--norc")
 PROGRAM = {"python": CODE_DIR + "/main.py", "bash": CODE_DIR + "/main.sh"}
 # Imported once here so runs start with them warm; the standard library only, never the working directory.
 PRELOAD = (
@@ -78,6 +87,26 @@ def _read_all(fd: int) -> bytes:
     while chunk := os.read(fd, 1 << 20):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _fresh_tmp(size: int, keep: list[str]) -> None:
+    """Fresh /tmp and /dev/shm for a run, showing again the host paths bound there (``keep``: a venv, say)."""
+    # Opened before the new tmpfs hides them; bound back from the descriptor (read-only flags come along).
+    held = [(path, os.open(path, os.O_PATH | os.O_CLOEXEC)) for path in keep]
+    try:
+        for target in FRESH_DIRS:
+            _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+        for path, fd in held:
+            parent = os.path.dirname(path)
+            os.makedirs(parent, 0o755, exist_ok=True)
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                os.mkdir(path, 0o755)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
+    finally:
+        for _, fd in held:
+            os.close(fd)
 
 
 def _drop_capabilities() -> None:
@@ -234,9 +263,7 @@ class Server:
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
         _prctl(PR_SET_DUMPABLE, 0)  # the run's init, forked below, must not be ptraced by the program
-        size = self.config["tmp_bytes"]
-        for target in ("/tmp", "/dev/shm"):
-            _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+        _fresh_tmp(self.config["tmp_bytes"], self.config.get("keep", ()))
         code = _read_all(fds[0])
         # Hides the server's own file too; the program file gets the path a one-shot run would give it.
         _mount("tmpfs", CODE_DIR, "tmpfs", MS_NOSUID | MS_NODEV, f"size={len(code) + 65536},mode=0755")
@@ -278,7 +305,7 @@ class Server:
             os.closerange(3, os.sysconf("SC_OPEN_MAX"))
             os.chdir(SANDBOX_DIR)
             os.environ.clear()
-            os.environ.update(self.config["env"])
+            os.environ.update(self.config["isolated_env" if job.get("isolated") else "env"])
             for name, value in job["rlimits"].items():
                 which = getattr(resource, "RLIMIT_" + name.upper())
                 hard = resource.getrlimit(which)[1]
@@ -288,7 +315,8 @@ class Server:
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)  # what a shell started by subprocess would get
                 bash = self.config["bash"]
-                os.execve(bash, [bash, PROGRAM["bash"]], os.environ)
+                flags = ISOLATED_BASH_FLAGS if job.get("isolated") else ()
+                os.execve(bash, [bash, *flags, PROGRAM["bash"]], os.environ)
             return job
         except BaseException as exc:
             try:
@@ -428,17 +456,42 @@ def _add_user_site() -> None:
         sys.path[index:index] = added
 
 
-def run_python(config: dict[str, Any]) -> NoReturn:
+def _untrusted_path(path: str) -> bool:
+    """Whether ``path`` is the working or program directory, or this run could create or change it."""
+    path = os.path.abspath(path)
+    if any(path == d or path.startswith(d + "/") for d in NEVER_ON_PATH):
+        return True
+    while not os.path.exists(path) and path != "/":
+        path = os.path.dirname(path)
+    return os.access(path, os.W_OK)
+
+
+def _isolate_sys_path() -> None:
+    """``sys.path`` as ``python -I`` has it: no user site, no program directory, nothing a run can write."""
+    # The server script's directory (CODE_DIR) stands where the program's would; it goes with the rest.
+    site.ENABLE_USER_SITE = False
+    kept = [p for p in sys.path if p and not _untrusted_path(p)]
+    for gone in set(sys.path) - set(kept):
+        sys.path_importer_cache.pop(gone, None)
+    sys.path[:] = kept
+
+
+def run_python(config: dict[str, Any], job: Job) -> NoReturn:
     """In P: run the program file as ``__main__`` the way ``python main.py`` would, then exit."""
     path = PROGRAM["python"]
     sys.stdin = sys.__stdin__ = _stdio(0, sys.__stdin__, False)
     sys.stdout = sys.__stdout__ = _stdio(1, sys.__stdout__, True)
     sys.stderr = sys.__stderr__ = _stdio(2, sys.__stderr__, True)
-    pythonpath = [p for p in config["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
-    sys.path[1:1] = pythonpath  # where PYTHONPATH goes; the server itself never searched the working dir
-    _add_user_site()
+    flags: tuple[str, ...] = ()
+    if job.get("isolated"):
+        _isolate_sys_path()
+        flags = ISOLATED_PYTHON_FLAGS
+    else:
+        pythonpath = [p for p in config["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+        sys.path[1:1] = pythonpath  # where PYTHONPATH goes; the server itself never searched the working dir
+        _add_user_site()
     sys.argv[:] = [path]
-    sys.orig_argv[:] = [sys.executable, path]
+    sys.orig_argv[:] = [sys.executable, *flags, path]
     importlib.invalidate_caches()
     main = types.ModuleType("__main__")
     main.__file__, main.__cached__, main.__builtins__ = path, None, builtins
@@ -467,7 +520,7 @@ def main() -> None:
     os.closerange(ctl_fd + 1, os.sysconf("SC_OPEN_MAX"))
     job = Server(ctl_fd, config).start()
     if job is not None:
-        run_python(config)
+        run_python(config, job)
 
 
 if __name__ == "__main__":

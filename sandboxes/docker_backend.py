@@ -111,6 +111,7 @@ class DockerSandbox(Sandbox):
         language: Language = "python",
         stdin: str | bytes | None = None,
         timeout: float | None = None,
+        isolated: bool = False,
     ) -> RunResult:
         """Run ``code`` as a ``language`` program in ``/sandbox`` and report how it ended."""
         self._check_open()
@@ -133,7 +134,8 @@ class DockerSandbox(Sandbox):
             "timeout": limit,
             "cap": cfg.max_output_bytes,
             "fsize": cfg.max_file_bytes,
-            "env": cfg.env,
+            "env": {} if isolated else cfg.env,
+            "isolated": isolated,
         }
         try:
             if len(code) + len(data or b"") > 1 << 16:

@@ -166,6 +166,11 @@ def _pip_wheels(packages: tuple[str, ...], python: str, glibc: int, target: str)
         raise SandboxError(f"pip could not fetch wheels for {', '.join(packages)}: {done.stderr[-2000:]}")
 
 
+def base_image(python: str = "3.11") -> str:
+    """The bare debootstrap image ``build_image`` imports for ``python`` (no WORKDIR, USER or labels)."""
+    return f"{BASE_REPOSITORY}:{_release(python)[0]}-v{_ROOTFS_VERSION}"
+
+
 def build_image(
     tag: str = DEFAULT_IMAGE,
     python: str = "3.11",
@@ -188,7 +193,7 @@ def build_image(
             progress(f"{tag}: up to date")
             return tag
         started = time.monotonic()
-        base = f"{BASE_REPOSITORY}:{release}-v{_ROOTFS_VERSION}"
+        base = base_image(python)
         # Images the tags named before: untagged by this build, removed after it unless a container uses them.
         retired = [_image_id(client, tag)]
         if rebuild or _labels(client, base) is None:
@@ -196,7 +201,7 @@ def build_image(
             tarball = rootfs_tarball(release, progress)
             progress(f"importing {tarball.name} as {base}")
             client.api.import_image_from_file(
-                str(tarball), repository=BASE_REPOSITORY, tag=f"{release}-v{_ROOTFS_VERSION}"
+                str(tarball), repository=BASE_REPOSITORY, tag=base.partition(":")[2]
             )
         with tempfile.TemporaryDirectory(prefix="aligngym-image-") as context:
             lines = [f"FROM {base}", "ENV LANG=C.UTF-8"]

@@ -16,11 +16,20 @@ import sys
 import time
 
 ROOT = "/sandbox"
-CODE_DIR = "/tmp/.aligngym-code"
+CODE_PREFIX = "/tmp/.aligngym-code-"
 CHUNK = 65536
 GRACE_S = 1.0
 SUFFIX = {"python": ".py", "bash": ".sh"}
 RUNNER = {"python": "python3", "bash": "bash"}
+# An isolated run (request "isolated"): as sandboxes.base's ISOLATED_* (this file imports nothing of ours).
+ISOLATED_FLAGS = {"python": ["-I", "-B", "-u"], "bash": ["--noprofile", "--norc"]}
+ISOLATED_ENV = {
+    "LANG": "C.UTF-8",
+    "HOME": "/nonexistent",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONNOUSERSITE": "1",
+    "PYTHONSAFEPATH": "1",
+}
 MEMORY_MARKERS = (b"memoryerror", b"cannot allocate memory", b"out of memory", b"bad_alloc")
 OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 # Used where util-linux's prlimit is missing: applies "NAME=VALUE,..." and execs the rest of argv.
@@ -255,26 +264,33 @@ class Executor:
             prefix = [self.prlimit] + [f"--{k}={v}" for k, v in limits.items()] + ["--"]
         else:
             spec = ",".join(f"{k}={v}" for k, v in limits.items())
-            prefix = [sys.executable, "-S", "-c", RLIMIT_SHIM, spec]
-        return prefix + [runner, code_file]
+            prefix = [sys.executable, "-I", "-S", "-c", RLIMIT_SHIM, spec]
+        flags = ISOLATED_FLAGS[request["language"]] if request.get("isolated") else []
+        return prefix + [runner] + flags + [code_file]
 
     async def run(self, request):
         loop = asyncio.get_running_loop()
-        env = {
-            "PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin",
-            "HOME": ROOT,
-            "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": ROOT,
-        }
-        env.update(request.get("env") or {})
+        path = os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin"
+        if request.get("isolated"):
+            env = dict(ISOLATED_ENV, PATH=path)  # never the config's env extras
+        else:
+            env = {
+                "PATH": path,
+                "HOME": ROOT,
+                "LANG": "C.UTF-8",
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": ROOT,
+            }
+            env.update(request.get("env") or {})
         # A double-forked daemon leaves its run's session and is reparented to us (pid 1), so ancestry cannot
         # tell whose it is; the inherited marker can (forging another run's only delays its death to that end).
         token = env["ALIGNGYM_RUN"] = os.urandom(8).hex()
-        os.makedirs(CODE_DIR, 0o700, exist_ok=True)
-        code_file = os.path.join(CODE_DIR, f"main-{request['id']}{SUFFIX[request['language']]}")
-        with open(code_file, "w", encoding="utf-8") as f:
+        # A directory no earlier run could have prepared (runs share our uid and /tmp): a fresh random name.
+        code_dir = CODE_PREFIX + os.urandom(8).hex()
+        os.mkdir(code_dir, 0o700)
+        code_file = os.path.join(code_dir, "main" + SUFFIX[request["language"]])
+        with open(code_file, "x", encoding="utf-8") as f:
             f.write(request["code"])
         stdin = base64.b64decode(request["stdin"]) if request.get("stdin") is not None else None
         out_r, out_w = os.pipe()
@@ -303,6 +319,7 @@ class Executor:
             for fd in (out_r, err_r, in_w):
                 if fd is not None:
                     os.close(fd)
+            shutil.rmtree(code_dir, ignore_errors=True)
             return {"status": "sandbox_error", "stderr": _b64(f"could not start: {exc}".encode())}
         finally:
             for fd in (out_w, err_w, in_r):
@@ -348,10 +365,7 @@ class Executor:
             for _, close in pumps + ([feeder] if feeder else []):
                 close()
             flagged.cancel()
-            try:
-                os.unlink(code_file)
-            except OSError:
-                pass
+            shutil.rmtree(code_dir, ignore_errors=True)
         rc = exited.result() if exited.done() else None
         if rc is not None and rc < 0:
             rc = 128 - rc  # killed by a signal: report it the way shells do

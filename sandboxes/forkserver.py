@@ -301,13 +301,26 @@ class ForkServer:
 
     # -- running -------------------------------------------------------------------------------------
     async def run(
-        self, language: str, code: bytes, stdin: bytes | None, limit: float, rlimits: dict[str, int], cap: int
+        self,
+        language: str,
+        code: bytes,
+        stdin: bytes | None,
+        limit: float,
+        rlimits: dict[str, int],
+        cap: int,
+        isolated: bool = False,
     ) -> RunResult:
-        """Run one program; raises ``ServerGone`` when the server could not take it (nothing ran)."""
+        """Run one program (``isolated``: see ``Sandbox``); ``ServerGone``: the server did not take it."""
         loop = asyncio.get_running_loop()
         run_id = next(self._ids)
         ended: asyncio.Future[Any] = loop.create_future()
-        body = {"id": run_id, "language": language, "rlimits": rlimits, "stdin": stdin is not None}
+        body = {
+            "id": run_id,
+            "language": language,
+            "rlimits": rlimits,
+            "stdin": stdin is not None,
+            "isolated": isolated,
+        }
         sent: list[int] = []
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()

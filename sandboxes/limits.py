@@ -38,7 +38,8 @@ def rlimit_prefix(limits: dict[str, int], python: str) -> list[str]:
         # Setting limits in an exec wrapper instead of preexec_fn keeps process creation fork-safe in threads.
         return [prlimit, *(f"--{name}={value}" for name, value in limits.items()), "--"]
     spec = ",".join(f"{name}={value}" for name, value in limits.items())
-    return [python, "-S", "-c", _RLIMIT_SHIM, spec]
+    # -I: the shim starts in the working directory with PYTHONPATH set; nothing there may shadow its imports.
+    return [python, "-I", "-S", "-c", _RLIMIT_SHIM, spec]
 
 
 def run_rlimits(

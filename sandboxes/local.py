@@ -57,6 +57,21 @@ def _warn_unisolated() -> None:
         )
 
 
+#: The sandbox's own mounts: an extra bind may not replace these (exact) or reach into those (trees).
+_RESERVED_EXACT = ("/", "/tmp", "/run", "/dev/shm")
+_RESERVED_TREES = ("/proc", "/dev", bwrap.SANDBOX_DIR, bwrap.CODE_DIR)
+
+
+def _check_extra_paths(paths: list[str]) -> None:
+    """Refuse ``extra_ro_paths`` that do not exist or would cover the sandbox's own mounts."""
+    for path in paths:
+        if not os.path.exists(path):
+            raise SandboxError(f"SandboxConfig.extra_ro_paths: {path!r} does not exist on this host")
+        norm = os.path.normpath(path)
+        if norm in _RESERVED_EXACT or any(norm == r or norm.startswith(r + "/") for r in _RESERVED_TREES):
+            raise SandboxError(f"SandboxConfig.extra_ro_paths: {path!r} would cover the sandbox's own mounts")
+
+
 def _server_argv(ctl_fd: int, *, cgroup: limits.Cgroup | None, **options: Any) -> list[str]:
     argv = bwrap.server_argv(ctl_fd=ctl_fd, **options)
     return cgroup.wrap(argv) if cgroup is not None else argv
@@ -102,6 +117,8 @@ class LocalSandbox(Sandbox):
             _warn_unisolated()
 
     def _setup(self) -> None:
+        if self.isolated:
+            _check_extra_paths(self.config.extra_ro_paths)
         if self.mode == "userns":
             try:
                 self._userns_fd = bwrap.make_userns()
@@ -141,16 +158,17 @@ class LocalSandbox(Sandbox):
         language: Language = "python",
         stdin: str | bytes | None = None,
         timeout: float | None = None,
+        isolated: bool = False,
     ) -> RunResult:
         """Run ``code`` as a ``language`` program in the working directory and report how it ended."""
         self._check_open()
         limit = self._run_limit(language, timeout)
         data = stdin.encode() if isinstance(stdin, str) else stdin
         if self.fork_server:
-            result = await self._run_forked(language, code, data, limit)
+            result = await self._run_forked(language, code, data, limit, isolated)
             if result is not None:
                 return self._unless_closed(result)
-        return await self._run_oneshot(language, code, data, limit)
+        return await self._run_oneshot(language, code, data, limit, isolated)
 
     def _unless_closed(self, result: RunResult) -> RunResult:
         if self._closed:
@@ -160,7 +178,7 @@ class LocalSandbox(Sandbox):
         return result
 
     async def _run_forked(
-        self, language: str, code: str, data: bytes | None, limit: float
+        self, language: str, code: str, data: bytes | None, limit: float, isolated: bool
     ) -> RunResult | None:
         """Run through the fork server (started, or restarted, on demand); None when it is unsupported here."""
         cfg = self.config
@@ -180,7 +198,9 @@ class LocalSandbox(Sandbox):
                 except SandboxError as exc:  # closed meanwhile
                     return RunResult("sandbox_error", stderr=str(exc))
             try:
-                return await server.run(language, source, data, limit, rlimits, cfg.max_output_bytes)
+                return await server.run(
+                    language, source, data, limit, rlimits, cfg.max_output_bytes, isolated=isolated
+                )
             except ServerGone:
                 continue
         return RunResult("sandbox_error", stderr="the sandbox server stopped before the run could start")
@@ -219,6 +239,7 @@ class LocalSandbox(Sandbox):
                 network=cfg.network,
                 env=bwrap.program_env(bwrap.SANDBOX_DIR, cfg.env),
                 tmp_bytes=cfg.memory_mb << 20,
+                extra_ro_paths=tuple(cfg.extra_ro_paths),
                 cgroup=cgroup,
             )
             server = ForkServer(
@@ -249,7 +270,9 @@ class LocalSandbox(Sandbox):
             self.server_starts += 1
             return server
 
-    async def _run_oneshot(self, language: str, code: str, data: bytes | None, limit: float) -> RunResult:
+    async def _run_oneshot(
+        self, language: str, code: str, data: bytes | None, limit: float, isolated: bool = False
+    ) -> RunResult:
         """Run in a fresh bwrap (or, unisolated, a plain subprocess)."""
         code_file = os.path.join(self._code_dir, uuid.uuid4().hex + _SUFFIX[language])
         with open(code_file, "w", encoding="utf-8") as f:
@@ -267,7 +290,7 @@ class LocalSandbox(Sandbox):
                     cgroup = limits.new_cgroup(
                         self._cgroup_parent, memory_bytes=cfg.memory_mb << 20, pids=cfg.pids, cpus=cfg.cpus
                     )
-                argv, env = self._command(language, code_file, limit, status_w, cgroup, seccomp_fd)
+                argv, env = self._command(language, code_file, limit, status_w, cgroup, seccomp_fd, isolated)
                 started = time.monotonic()
                 proc = await asyncio.create_subprocess_exec(
                     *argv,
@@ -313,20 +336,20 @@ class LocalSandbox(Sandbox):
         status_w: int | None,
         cgroup: limits.Cgroup | None,
         seccomp_fd: int | None = None,
+        isolated: bool = False,
     ) -> tuple[list[str], dict[str, str]]:
-        """The full argv and the environment of the process to start."""
+        """The full argv and the environment of the process to start (``isolated``: see ``Sandbox``)."""
         cfg, python = self.config, bwrap.python_executable()
         inner_dir = bwrap.SANDBOX_DIR if self.isolated else self.workdir
         program = f"{bwrap.CODE_DIR}/main{_SUFFIX[language]}" if self.isolated else code_file
-        runner = python if language == "python" else shutil.which("bash") or "/bin/bash"
         rlimits = limits.run_rlimits(
             limit,
             cfg.max_file_bytes,
             memory_bytes=cfg.memory_mb << 20 if cgroup is None else None,
             nproc=cfg.pids if cgroup is None and self.isolated else None,
         )
-        argv = [*limits.rlimit_prefix(rlimits, python), runner, program]
-        env = bwrap.program_env(inner_dir, cfg.env)
+        argv = [*limits.rlimit_prefix(rlimits, python), *bwrap.runner_argv(language, program, isolated)]
+        env = bwrap.program_isolated_env() if isolated else bwrap.program_env(inner_dir, cfg.env)
         if self.isolated:
             assert status_w is not None
             argv = (
@@ -341,6 +364,7 @@ class LocalSandbox(Sandbox):
                     status_fd=status_w,
                     tmp_bytes=cfg.memory_mb << 20,
                     seccomp_fd=seccomp_fd,
+                    extra_ro_paths=tuple(cfg.extra_ro_paths),
                 )
                 + argv
             )

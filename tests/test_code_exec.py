@@ -220,9 +220,9 @@ def test_assert_tests_ignore_faked_eq_bool_and_patched_builtins(make_env):
     )
     obs, reward, _, _, info = attempt(env, fake, "three")
     assert reward == 0.0, obs
-    assert "object of type 'Fake' has no len()" in obs  # the test saw the real len
     result = UnitTestVerifier(env._get_verifier().sandbox).verify(fake, THREE)
-    assert all("only built-in values count" in d.error for d in result.details[1:])
+    # the object never reaches the tests: only plain values cross from the solution's process
+    assert all("a Fake object crossed to the tests" in d.error for d in result.details), result.details
     assert attempt(env, "def three():\n    return [1, 2, 3]\n", "three")[1] == 1.0
     assert attempt(env, "def three():\n    return (1, 2, 4)\n", "three")[1] == 0.75  # plain == semantics
 
@@ -239,10 +239,12 @@ def test_harness_survives_a_correct_solution_that_patches_everything(make_env):
     assert attempt(make_env(), patched, "pair")[1] == 1.0
 
 
-def test_exit_midway_keeps_only_tests_that_ran(make_env):
-    code = "import os\ncalls = [0]\n\ndef add(a, b):\n    calls[0] += 1\n    if calls[0] > 2:\n        os._exit(0)\n    return a + b\n"
-    _, reward, _, _, info = attempt(make_env(), code)
-    assert reward == 0.5 and info["passed"] == 2
+def test_exit_midway_fails_that_test_and_a_fresh_process_takes_the_rest(make_env):
+    code = "import os\ncalls = [0]\n\ndef add(a, b):\n    calls[0] += 1\n    if calls[0] == 3:\n        os._exit(0)\n    return a + b\n"
+    obs, reward, _, _, info = attempt(make_env(), code)
+    # the third call kills the solution's process: that test fails; a new process (calls back to 0) answers the 4th
+    assert reward == 0.75 and info["passed"] == 3
+    assert "assert add(-1, -1) == -2" in obs and "died" in obs
 
 
 def test_one_endless_test_fails_alone(make_env):
@@ -273,7 +275,8 @@ def test_last_python_block_is_graded(make_env):
     [
         ("    return sum(xs)\n", 1.0),  # a completion of the prompt
         ("def total(xs: List[int]) -> int:\n    return sum(xs)\n", 1.0),  # needs the prompt's import
-        ("def total(xs):\n    return len(xs)\n", 0.0),
+        ("def total(xs):\n    return len(xs)\n", 0.5),  # per-assert credit: len([]) == 0 is right
+        ("def total(xs):\n    return -1\n", 0.0),
     ],
 )
 def test_humaneval_rows(make_env, answer, expected):
@@ -281,8 +284,8 @@ def test_humaneval_rows(make_env, answer, expected):
     obs, _ = env.reset(seed=0)
     assert "def total" in obs and "```python" in obs
     obs, reward, _, _, info = env.step(block(answer))
-    assert reward == expected and info["total"] == 1
-    if not expected:
+    assert reward == expected and info["total"] == 2
+    if expected < 1:
         assert "assert candidate([1, 2]) == 3" in obs
 
 

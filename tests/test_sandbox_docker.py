@@ -22,6 +22,7 @@ from aligngym.sandboxes import (
     DockerSandbox,
     SandboxConfig,
     SandboxError,
+    docker_image,
     ensure_image,
     make_sandbox,
     reap_orphans,
@@ -326,7 +327,7 @@ os.mkfifo('fifo')
 
 def test_any_local_image_with_python3(image):
     # The bare debootstrap image has no WORKDIR, USER or labels: the backend sets everything it needs.
-    with make_sandbox("docker", image="aligngym-sandbox-base:bookworm") as sandbox:
+    with make_sandbox("docker", image=docker_image.base_image()) as sandbox:  # the builder's own name
         assert sandbox.run("import os; print(os.getuid(), os.getcwd())").stdout == "65534 /sandbox\n"
     with pytest.raises(SandboxError, match="aligngym sandbox build"):
         make_sandbox("docker", image="aligngym-no-such-image:latest")
