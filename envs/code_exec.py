@@ -47,7 +47,10 @@ class CodeExecEnv(TextEnv):
 
     Reward components (of the current attempt): ``pass_rate``, ``all_passed``, ``syntax_error``, ``timeout``.
     With ``max_turns == 1`` the reward is ``pass_rate`` and the episode always terminates. With
-    ``max_turns > 1`` (self-debug) a failed attempt is answered with the failing test and its error, and each
+    ``max_turns > 1`` (self-debug) a failed attempt is answered with the failing test and its error (with
+    ``feedback="redacted"``, the default, the test's expected values are shown as ``…`` and only what the
+    solution returned is quoted, so a policy cannot collect the answers over turns and memorise them;
+    ``feedback="full"`` shows them, as self-debugging papers do, for evaluation only), and each
     turn's reward is the change in ``pass_rate`` since the previous attempt, so the episode's rewards sum to
     the final attempt's ``pass_rate``; the episode terminates when every test passes and is truncated after
     ``max_turns`` attempts.
@@ -69,10 +72,14 @@ class CodeExecEnv(TextEnv):
         sandbox_kwargs: Mapping[str, Any] | None = None,
         system_prompt: str | None = None,
         render_mode: str | None = None,
+        feedback: str = "redacted",
     ):
         super().__init__(max_turns=max_turns, system_prompt=system_prompt, render_mode=render_mode)
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
+        if feedback not in ("redacted", "full"):
+            raise ValueError(f"feedback must be 'redacted' or 'full', got {feedback!r}")
+        self.feedback = feedback
         self.tasks = load_tasks(tasks)
         self._by_id = {t.id: t for t in self.tasks}
         self.timeout = float(timeout)
@@ -115,7 +122,9 @@ class CodeExecEnv(TextEnv):
 
     def _get_verifier(self) -> UnitTestVerifier:
         if self._verifier is None:
-            self._verifier = UnitTestVerifier(self._lease.get(), timeout=self.timeout)
+            self._verifier = UnitTestVerifier(
+                self._lease.get(), timeout=self.timeout, reveal_expected=self.feedback == "full"
+            )
         return self._verifier
 
     def _score(self, result: VerifyResult) -> StepResult:

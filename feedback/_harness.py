@@ -98,6 +98,7 @@ class Remote:
         self.solution, self.names, self.limit = solution, names, limit
         self.pid, self.req, self.rep = spawned
         self.respawns, self.deadline, self.tainted, self.sent = 0, None, False, 0
+        self.last = None  # (value,) the solution last returned in the current test
         self.info, self.load_error = self._load()
 
     def _load(self):
@@ -161,7 +162,8 @@ class Remote:
             raise CandidateGone("the solution's process died") from None
         reply = recv(self.rep, now + limit + GRACE_S)
         if reply is not None and reply.get("n") != self.sent:
-            reply = None  # an answer to another call (a stray thread?) breaks the protocol  # no answer in time, or a broken one: this candidate is done
+            reply = None  # an answer to another call (a stray thread?) breaks the protocol
+        if reply is None:  # no answer in time, or a broken one: this candidate is done
             self._kill()
             self.tainted = True
             if time.monotonic() >= now + limit:
@@ -175,11 +177,15 @@ class Remote:
             kind, text = str(error[0]), str(error[1])[:4000]
             message = text.partition(": ")[2] if text.startswith(kind + ":") else text
             cls = getattr(builtins, kind, None) if kind in RAISABLE else None
-            raise (cls(message) if cls is not None else CandidateError(text))
+            error = cls(message) if cls is not None else CandidateError(text)
+            error.from_solution = True  # its text is the solution's own: safe to show in redacted feedback
+            raise error
         try:
-            return decode(reply.get("r"))
+            value = decode(reply.get("r"))
         except (ValueError, RecursionError, OverflowError) as exc:
             raise TypeError(str(exc)) from None
+        self.last = (value,)
+        return value
 
 
 class Proxy:
@@ -213,9 +219,27 @@ class Tester:
             data = data[os.write(self.report_fd, data) :]
 
     def report_test(self, i, ok, timed_out, err, line="", value=""):
-        record = {"k": "test", "i": i, "ok": ok, "to": timed_out, "err": err.encode()[:4000].hex()}
-        record.update({"ln": str(line) if line else "", "val": value.encode().hex()})
+        """``err`` is the full error text, or (full, redacted): the redacted one never shows an expected value."""
+        full, red = err if type(err) is tuple else (err, err)
+        record = {"k": "test", "i": i, "ok": ok, "to": timed_out, "err": full.encode()[:4000].hex()}
+        record.update({"red": red.encode()[:4000].hex(), "ln": str(line) if line else ""})
+        record["val"] = value.encode().hex()
         self.report(record)
+
+    def explain(self, exc=None):
+        """(full, redacted) text of a failure: ``exc`` raised, or (None) an assert that came out false. The full
+        text may quote the tests' expected values; the redacted one says only what the solution did."""
+        returned = f"; the solution returned {self.remote.last[0]!r:.300}" if self.remote.last else ""
+        if exc is not None and (getattr(exc, "from_solution", False) or isinstance(exc, CandidateGone)):
+            return describe(exc), describe(exc)  # the solution's own exception: nothing of the tests in it
+        if isinstance(exc, TestTimeout):
+            text = f"TimeoutError: took longer than {self.limit}s"
+            return text, text
+        name = "AssertionError" if exc is None else type(exc).__name__
+        full = "AssertionError" if exc is None else describe(exc)
+        if isinstance(exc, AssertionError | None) and (exc is None or not str(exc)) and len(self.seen) == 2:
+            full = f"AssertionError: compared {self.seen[0]!r:.300} with {self.seen[1]!r:.300}"
+        return full, name + returned
 
     def run(self):
         if self.remote.load_error is not None:
@@ -251,18 +275,14 @@ class Tester:
 
     def attempt(self, thunk):
         """(ok, timed_out, error, line) of one test, measured on the remote's taint too."""
-        self.remote.tainted, self.seen = False, []
+        self.remote.tainted, self.seen, self.remote.last = False, [], None
         self.remote.deadline = time.monotonic() + self.limit
         try:
             thunk()
             ok, timed_out, err, line = True, False, "", ""
-        except TestTimeout:
-            ok, timed_out, err, line = False, True, f"TimeoutError: took longer than {self.limit}s", ""
         except BaseException as exc:
-            ok, timed_out, line = False, False, _test_line(exc)
-            err = describe(exc)
-            if isinstance(exc, AssertionError) and not str(exc) and len(self.seen) == 2:
-                err = f"AssertionError: compared {self.seen[0]!r:.300} with {self.seen[1]!r:.300}"
+            ok, timed_out, line = False, isinstance(exc, TestTimeout), _test_line(exc)
+            err = self.explain(exc)
         finally:
             self.remote.deadline = None
         if ok and self.remote.tainted:  # a swallowed timeout or crash never passes a test
@@ -305,7 +325,7 @@ class Tester:
 
         def begin(i):
             current[0] = i
-            self.remote.tainted, self.seen = False, []
+            self.remote.tainted, self.seen, self.remote.last = False, [], None
             self.remote.deadline = time.monotonic() + self.limit
 
         def settle(ok, timed_out=False, err="", line=""):
@@ -317,16 +337,10 @@ class Tester:
                 verdicts[i] = [ok, timed_out, err, line]
 
         def refute():
-            err = "AssertionError"
-            if len(self.seen) == 2:
-                err = f"AssertionError: compared {self.seen[0]!r:.300} with {self.seen[1]!r:.300}"
-            settle(False, err=err)
+            settle(False, err=self.explain())
 
         def raised(exc):
-            if isinstance(exc, TestTimeout):
-                settle(False, True, f"TimeoutError: took longer than {self.limit}s")
-            else:
-                settle(False, err=describe(exc), line=_test_line(exc))
+            settle(False, isinstance(exc, TestTimeout), self.explain(exc), _test_line(exc))
 
         ns.update(_ag_begin=begin, _ag_assert=lambda i: settle(True), _ag_refute=refute, _ag_raised=raised)
         stopped = ""
@@ -335,7 +349,7 @@ class Tester:
             exec(instrument(self.payload["tests"][0], graded=count > 0), ns)
             ns["check"](entry)
         except BaseException as exc:
-            stopped = describe(exc)
+            stopped = self.explain(exc)
             if count == 0:
                 self.report_test(0, False, isinstance(exc, TestTimeout), stopped, _test_line(exc))
                 return
@@ -343,7 +357,11 @@ class Tester:
             self.report_test(0, True, False, "")
             return
         for i in range(count):
-            why = f"this assert never ran: {stopped}" if stopped else "this assert never ran"
+            why = (
+                tuple(f"this assert never ran: {text}" for text in stopped)
+                if stopped
+                else "this assert never ran"
+            )
             self.report_test(i, *verdicts.get(i, [False, False, why, ""]))
 
 

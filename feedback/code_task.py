@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import re
 from collections.abc import Mapping
@@ -48,6 +49,22 @@ class CodeTask:
         if self.kind in ("cases", "humaneval"):
             return [self.entry_point] if self.entry_point else []
         return free_names(self.tests)
+
+    @functools.cached_property
+    def redacted(self) -> list[str]:
+        """Per test, its source with every literal outside the solution's call arguments shown as ``…``:
+        what self-debug feedback may show without handing out the expected values (``tests``, ``humaneval``)."""
+        names = set(self.names) | {"candidate"}
+        if self.kind == "humaneval":
+            tree = ast.parse(self.tests[0])
+            found = [
+                n
+                for n in ast.walk(tree)
+                if isinstance(n, ast.Assert) and not isinstance(n.test, ast.Constant)
+            ]
+            found.sort(key=lambda n: (n.lineno, n.col_offset))
+            return [_redact(node, names) for node in found] or [f"check({self.entry_point})"]
+        return [_redact(ast.parse(source), names) for source in self.tests]
 
     @property
     def total(self) -> int:
@@ -98,6 +115,27 @@ class CodeTask:
             except (SyntaxError, ValueError) as exc:
                 raise ValueError(f"{name}: test {i} is not valid Python: {exc}") from None
         return task
+
+
+class _Redactor(ast.NodeTransformer):
+    def __init__(self, names: set[str]):
+        self.names = names
+
+    def visit(self, node: ast.AST) -> ast.AST:
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in self.names:
+            return node  # the inputs the solution was given are not secret
+        if isinstance(node, ast.expr) and not isinstance(node, ast.Name):
+            try:
+                ast.literal_eval(node)
+                return ast.copy_location(ast.Name("…", ast.Load()), node)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                pass
+        return super().visit(node)
+
+
+def _redact(node: ast.AST, names: set[str]) -> str:
+    """``node`` as source with the literals a test compares against replaced by ``…``."""
+    return ast.unparse(_Redactor(names).visit(node)).strip()
 
 
 def _validate_cases(name: str, cases: Any, entry_point: str | None) -> list[Case]:

@@ -100,6 +100,7 @@ class TestOutcome:
     lineno: int | None = None
     value_json: str = ""
     timed_out: bool = False
+    redacted: str = ""  # the error without the tests' expected values
 
 
 @dataclass
@@ -151,6 +152,7 @@ def parse_report(stdout: str, nonce: str) -> HarnessReport:
                 lineno=int(lineno) if isinstance(lineno, str) and lineno.isdigit() else None,
                 value_json=_unhex(rec.get("val")),
                 timed_out=rec.get("to") is True,
+                redacted=_unhex(rec.get("red")),
             )
             if index in seen:  # only a forked copy of the harness reports twice: trust neither
                 outcome = TestOutcome(index=index, ok=False, error="test reported twice (process forked)")
@@ -237,21 +239,28 @@ _STATUS_REASON = {
 }
 
 
-def _describe_test(task: CodeTask, index: int) -> str:
+def _describe_test(task: CodeTask, index: int, reveal: bool) -> str:
     if task.kind == "cases":
         args = ", ".join(repr(a) for a in task.cases[index].input)
-        return f"{task.entry_point}({args}) == {task.cases[index].output!r}"
+        call = f"{task.entry_point}({args})"
+        return f"{call} == {task.cases[index].output!r}" if reveal else call
+    if not reveal:
+        return task.redacted[index]
     if task.kind == "humaneval":
         return task.graded[index][1] if task.graded else f"check({task.entry_point})"
     lines = [ln for ln in task.tests[index].splitlines() if ln.strip()]
     return lines[0].strip() if lines else ""
 
 
-def grade(task: CodeTask, report: HarnessReport, status: str) -> VerifyResult:
-    """Turn a parsed report into a verdict; a test without a genuine passing line fails."""
+def grade(task: CodeTask, report: HarnessReport, status: str, reveal: bool = False) -> VerifyResult:
+    """Turn a parsed report into a verdict; a test without a genuine passing line fails.
+
+    ``reveal``: the feedback may quote expected values (the failing assert, what it compared). Off by default:
+    a self-debugging policy shown the expected values learns to memorise them across turns instead of solving.
+    """
     details: list[TestDetail] = []
     for i in range(task.total):
-        source = _describe_test(task, i)
+        source = _describe_test(task, i, reveal)
         outcome = report.outcomes.get(i)
         if outcome is None:
             if report.load_phase:
@@ -261,12 +270,12 @@ def grade(task: CodeTask, report: HarnessReport, status: str) -> VerifyResult:
             details.append(TestDetail(i, False, source, why, timed_out=status == "timeout"))
             continue
         line = ""
-        if outcome.lineno and task.kind == "tests":
+        if reveal and outcome.lineno and task.kind == "tests":
             src_lines = task.tests[i].splitlines()
             line = src_lines[outcome.lineno - 1] if outcome.lineno <= len(src_lines) else ""
-        passed, error = outcome.ok, outcome.error
+        passed, error = outcome.ok, outcome.error if reveal else (outcome.redacted or outcome.error)
         if passed and task.kind == "cases":
-            passed, error = _check_value(outcome.value_json, task.cases[i].output)
+            passed, error = _check_value(outcome.value_json, task.cases[i].output, reveal)
         details.append(TestDetail(i, passed, source, error, line, outcome.timed_out))
     failures = [d for d in details if not d.passed]
     return VerifyResult(
@@ -281,22 +290,31 @@ def grade(task: CodeTask, report: HarnessReport, status: str) -> VerifyResult:
     )
 
 
-def _check_value(value_json: str, expected: Any) -> tuple[bool, str]:
+def _check_value(value_json: str, expected: Any, reveal: bool) -> tuple[bool, str]:
     try:
         got = json.loads(value_json)
     except (ValueError, RecursionError):
         return False, "the returned value could not be read back"
     if compare_strict(got, expected):
         return True, ""
+    if not reveal:
+        return False, f"returned {got!r} ({type(got).__name__}), which is not the expected value"
     return False, f"expected {expected!r} ({type(expected).__name__}), got {got!r} ({type(got).__name__})"
 
 
 class UnitTestVerifier:
     """Grade solutions in a sandbox (anything with ``run``/``arun`` like ``aligngym.sandboxes``)."""
 
-    def __init__(self, sandbox: Any, timeout: float | None = 10.0, test_timeout: float | None = None):
+    def __init__(
+        self,
+        sandbox: Any,
+        timeout: float | None = 10.0,
+        test_timeout: float | None = None,
+        reveal_expected: bool = False,
+    ):
         self.sandbox = sandbox
         self.timeout = timeout
+        self.reveal_expected = reveal_expected
         # a per-test limit well under the run's limit, so one endless test leaves time for the others
         self.test_timeout = test_timeout or round(max(0.5, min(3.0, (timeout or 10.0) / 3)), 2)
 
@@ -312,7 +330,7 @@ class UnitTestVerifier:
         result = self.sandbox.run(
             program, language="python", stdin=stdin, timeout=self.timeout, isolated=True
         )
-        return grade(task, parse_report(result.stdout or "", nonce), result.status)
+        return grade(task, parse_report(result.stdout or "", nonce), result.status, self.reveal_expected)
 
     async def averify(self, solution: str, task: CodeTask | Mapping[str, Any]) -> VerifyResult:
         """Async ``verify``: awaits the sandbox so many verifications share one event loop."""
@@ -320,4 +338,4 @@ class UnitTestVerifier:
         result = await self.sandbox.arun(
             program, language="python", stdin=stdin, timeout=self.timeout, isolated=True
         )
-        return grade(task, parse_report(result.stdout or "", nonce), result.status)
+        return grade(task, parse_report(result.stdout or "", nonce), result.status, self.reveal_expected)

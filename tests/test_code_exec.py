@@ -244,7 +244,7 @@ def test_exit_midway_fails_that_test_and_a_fresh_process_takes_the_rest(make_env
     obs, reward, _, _, info = attempt(make_env(), code)
     # the third call kills the solution's process: that test fails; a new process (calls back to 0) answers the 4th
     assert reward == 0.75 and info["passed"] == 3
-    assert "assert add(-1, -1) == -2" in obs and "died" in obs
+    assert "assert add(-1, -1) == …" in obs and "died" in obs
 
 
 def test_one_endless_test_fails_alone(make_env):
@@ -286,7 +286,7 @@ def test_humaneval_rows(make_env, answer, expected):
     obs, reward, _, _, info = env.step(block(answer))
     assert reward == expected and info["total"] == 2
     if expected < 1:
-        assert "assert candidate([1, 2]) == 3" in obs
+        assert "assert candidate([1, 2]) == …" in obs
 
 
 def test_jsonl_path(tmp_path, sandbox):
@@ -341,7 +341,8 @@ def test_self_debug_wrong_then_right(make_env):
     env.reset(seed=0, options={"task_id": "add"})
     obs, r1, terminated, truncated, info = env.step(block(HALF))
     assert (terminated, truncated, r1) == (False, False, 0.5)
-    assert "assert add(-1, -1) == -2" in obs and "Fix the code." in obs and "AssertionError" in obs
+    assert "assert add(-1, -1) == …" in obs and "Fix the code." in obs and "AssertionError" in obs
+    assert "-2" not in obs and "the solution returned 0" in obs  # what it did, never what was expected
     assert info["messages"][-1] == {"role": "user", "content": obs}
     obs, r2, terminated, truncated, info = env.step(block(RIGHT))
     assert terminated and not truncated
@@ -426,9 +427,26 @@ def test_parse_report_needs_the_nonce():
 def test_verifier_feedback_names_failures(sandbox):
     result = UnitTestVerifier(sandbox, timeout=10).verify(HALF, ADD)
     assert (result.passed, result.total, result.status) == (2, 4, "ok")
-    assert result.first_failure is not None and result.first_failure.source == "assert add(-1, -1) == -2"
+    assert result.first_failure is not None and result.first_failure.source == "assert add(-1, -1) == …"
+    full = UnitTestVerifier(sandbox, timeout=10, reveal_expected=True).verify(HALF, ADD)
+    assert full.first_failure.source == "assert add(-1, -1) == -2"
+    assert full.first_failure.error == "AssertionError: compared 0 with -2"
     assert re.search(r"2/4 tests passed", result.feedback())
     assert (
         len(UnitTestVerifier(sandbox).verify("raise ValueError('" + "x" * 5000 + "')", ADD).feedback())
         <= 1500
     )
+
+
+def test_redacted_feedback_never_quotes_an_expected_value(make_env):
+    """Self-debug feedback says which call failed and what the solution returned; the expected values stay
+    hidden, so a policy cannot collect them over turns and memorise them (``feedback="full"`` shows them)."""
+    env = make_env(max_turns=3)
+    env.reset(seed=0, options={"task_id": "pair"})
+    obs = env.step(block("def pair(x):\n    return [x, x]\n"))[0]
+    assert "pair(1)" in obs and "returned [1, 1]" in obs and "[1, 2]" not in obs
+    full = make_env(max_turns=3, feedback="full")
+    full.reset(seed=0, options={"task_id": "pair"})
+    assert "expected [1, 2]" in full.step(block("def pair(x):\n    return [x, x]\n"))[0]
+    with pytest.raises(ValueError, match="feedback"):
+        make_env(feedback="everything")
