@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 
 def solve(messages):
     """The right answer to an Arithmetic-v0 prompt, parsed from our own prompt format."""
@@ -17,3 +19,23 @@ def run_cli(*args, timeout: float = 120, env: dict | None = None) -> subprocess.
     """``python -m aligngym ARGS...`` in a subprocess, output captured as text."""
     cmd = [sys.executable, "-m", "aligngym", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def docker_up() -> bool:
+    """Whether a Docker daemon answers (tests that need one skip otherwise; .ci/dockerd.sh starts it)."""
+    try:
+        import docker
+
+        docker.from_env(timeout=5).ping()
+        return True
+    except Exception:
+        return False
+
+
+#: Marks for a test (or a parameter) that needs the Docker daemon.
+NEEDS_DOCKER = [
+    pytest.mark.docker,
+    pytest.mark.skipif(
+        not docker_up(), reason="no Docker daemon (docker info fails); start one: .ci/dockerd.sh"
+    ),
+]

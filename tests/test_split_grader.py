@@ -7,6 +7,7 @@ import importlib.util
 import math
 
 import pytest
+from _helpers import NEEDS_DOCKER
 
 from aligngym.feedback._testcode import free_names, graded_asserts
 from aligngym.feedback._wire import decode, encode
@@ -19,28 +20,12 @@ SANDBOX_MODES = {
 }
 
 
-def _docker_up() -> bool:
-    try:
-        import docker
-
-        docker.from_env(timeout=5).ping()
-        return True
-    except Exception:
-        return False
-
-
 @pytest.fixture(
     scope="module",
     params=[
         "fork_server",
         "oneshot",
-        pytest.param(
-            "docker",
-            marks=[
-                pytest.mark.docker,
-                pytest.mark.skipif(not _docker_up(), reason="no Docker daemon: .ci/dockerd.sh"),
-            ],
-        ),
+        pytest.param("docker", marks=NEEDS_DOCKER),
     ],
 )
 def verifier(request):
