@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,3 +128,25 @@ def write_error(writer: asyncio.StreamWriter, err: HTTPError, keep_alive: bool) 
     write_response(
         writer, err.status, _error_body(err.status, err.message, err.type), keep_alive, err.headers
     )
+
+
+async def write_drip(writer: asyncio.StreamWriter, interval: float) -> None:
+    """A 200 head promising a large body, then one space (valid leading JSON whitespace) per ``interval``."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+    while True:
+        writer.write(b" ")
+        await writer.drain()
+        await asyncio.sleep(interval)
+
+
+async def write_chunked(writer: asyncio.StreamWriter, parts: Iterable[bytes]) -> None:
+    """A 200 JSON response sent chunked, one part at a time as ``parts`` yields them; the connection closes."""
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    for part in parts:
+        writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+        await writer.drain()  # the client may stop reading: then this raises and the connection ends
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()

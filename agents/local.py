@@ -31,6 +31,41 @@ def chat_prompt_ids(tokenizer, messages: list[Message], **template_kwargs: Any) 
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def fit_prompt_ids(
+    tokenizer, messages: list[Message], limit: int | None, **template_kwargs: Any
+) -> list[int]:
+    """Prompt ids of ``messages`` in at most ``limit`` tokens: the oldest turns go first, the task stays.
+
+    The leading system messages and the first user message (the task) are kept; turns after them are dropped
+    oldest first; a prompt still too long keeps its last ``limit`` tokens.
+    """
+    ids = chat_prompt_ids(tokenizer, messages, **template_kwargs)
+    if limit is None or len(ids) <= limit:
+        return ids
+    head = next((i + 1 for i, m in enumerate(messages) if m.get("role") != "system"), len(messages))
+    lo, hi = 1, len(messages) - head  # turns to drop: the fewest that fit, by bisection (renders are costly)
+    best = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        candidate = chat_prompt_ids(tokenizer, messages[:head] + messages[head + mid :], **template_kwargs)
+        if len(candidate) <= limit:
+            best, hi = candidate, mid - 1
+        else:
+            lo = mid + 1
+    if best is None:
+        best = chat_prompt_ids(tokenizer, messages[:head], **template_kwargs)
+    return best if len(best) <= limit else best[-limit:]
+
+
+def context_window(model: Any, tokenizer: Any) -> int | None:
+    """The most tokens the model attends over (its position embeddings), when it says."""
+    window = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not isinstance(window, int):
+        window = getattr(tokenizer, "model_max_length", None)
+    # Tokenizers without a limit report a huge sentinel (1e30): no limit known.
+    return window if isinstance(window, int) and 0 < window < 10**7 else None
+
+
 @torch.no_grad()
 def generate_batch(
     model, tokenizer, prompt_ids: list[list[int]], sampling: SamplingConfig
@@ -83,7 +118,11 @@ def generate_batch(
 
 
 class TransformersAgent:
-    """A policy run locally with transformers; concurrent ``act`` calls are batched into one ``generate``."""
+    """A policy run locally with transformers; concurrent ``act`` calls are batched into one ``generate``.
+
+    Prompts are kept within the model's context window (less the tokens to generate), oldest turns dropped
+    first, so a long episode neither fails nor grows memory without bound.
+    """
 
     def __init__(
         self,
@@ -105,6 +144,8 @@ class TransformersAgent:
         self.model.eval()
         self.sampling = sampling or SamplingConfig()
         self.max_batch_size = max_batch_size
+        window = context_window(self.model, self.tokenizer)
+        self.max_prompt_tokens = max(1, window - self.sampling.max_new_tokens) if window else None
         self._pending: list[tuple[list[int], asyncio.Future]] = []
         self._lock = threading.Lock()
         self._worker: asyncio.Task | None = None
@@ -112,7 +153,8 @@ class TransformersAgent:
     async def act(self, messages: list[Message], tools: list[dict] | None = None) -> AgentResponse:
         """Queue this chat for the next batched ``generate`` and wait for its turn."""
         # Tools reach the model through its chat template (text tool calls, e.g. Hermes <tool_call> tags).
-        ids = chat_prompt_ids(self.tokenizer, messages, **({"tools": tools} if tools else {}))
+        template = {"tools": tools} if tools else {}
+        ids = fit_prompt_ids(self.tokenizer, messages, self.max_prompt_tokens, **template)
         future = asyncio.get_running_loop().create_future()
         self._pending.append((ids, future))
         if self._worker is None or self._worker.done():

@@ -9,6 +9,7 @@ from typing import Any
 import openai
 
 from aligngym.agents.base import AgentError, AgentResponse, Message
+from aligngym.agents.client_limits import DEFAULT_MAX_REPLY_BYTES, ReplyTooLarge, limited_http_client
 
 # The client's first backoff delay (openai._constants.INITIAL_RETRY_DELAY); our scale is relative to it.
 _CLIENT_INITIAL_RETRY_DELAY = 0.5
@@ -61,6 +62,8 @@ class OpenAIAgent:
     Retries are the ``openai`` client's own: ``max_retries`` attempts after the first, with exponential
     backoff from ``retry_backoff_s``, on connection errors (refused, dropped without an answer), timeouts,
     408/409/429 and 5xx answers. When they run out, ``act`` raises ``AgentError`` naming the URL and cause.
+    ``timeout`` bounds each attempt as a whole (a server dripping bytes cannot stretch it), and a reply over
+    ``max_reply_bytes`` is refused unread, as is one whose ``content`` is not a string.
     """
 
     def __init__(
@@ -78,7 +81,10 @@ class OpenAIAgent:
         name: str | None = None,
         *,
         retry_backoff_s: float = _CLIENT_INITIAL_RETRY_DELAY,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ):
+        if not timeout > 0 or max_reply_bytes < 1:
+            raise ValueError(f"timeout and max_reply_bytes must be > 0, got {timeout!r}, {max_reply_bytes!r}")
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
@@ -91,6 +97,7 @@ class OpenAIAgent:
         self.extra_body = dict(extra_body or {})
         self.name = name or model
         self.retry_backoff_s = retry_backoff_s
+        self.max_reply_bytes = max_reply_bytes
         self._client: _AsyncOpenAI | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
@@ -105,6 +112,7 @@ class OpenAIAgent:
                 timeout=self.timeout,
                 max_retries=self.max_retries,
                 retry_backoff_s=self.retry_backoff_s,
+                http_client=limited_http_client(self.timeout, self.max_reply_bytes),
             )
             self._client_loop = loop
         return self._client
@@ -127,9 +135,14 @@ class OpenAIAgent:
             kwargs["extra_body"] = self.extra_body
         try:
             completion = await self.client.chat.completions.create(**kwargs)
+        except ReplyTooLarge as exc:
+            raise AgentError(
+                f"{self.base_url} sent a reply for model {self.model!r} that is too large: {exc}"
+            ) from exc
         except openai.APIStatusError as exc:
             raise AgentError(
-                f"{self.base_url} answered HTTP {exc.status_code} for model {self.model!r}: {_status_message(exc)}"
+                f"{self.base_url} answered HTTP {exc.status_code} for model {self.model!r}: "
+                f"{_status_message(exc)}{self._url_hint(exc.status_code)}"
             ) from exc
         except openai.APITimeoutError as exc:
             raise AgentError(
@@ -155,6 +168,11 @@ class OpenAIAgent:
         # vLLM returns generated ids on the choice when asked (extra_body={"return_token_ids": True}).
         token_ids = getattr(choice, "token_ids", None)
         usage = completion.usage
+        if message.content is not None and not isinstance(message.content, str):
+            raise AgentError(
+                f"{self.base_url} sent a message content of type {type(message.content).__name__} for model "
+                f"{self.model!r}; the chat protocol wants a string"
+            )
         fields: dict[str, Any] = {
             "text": message.content or "",
             "token_ids": list(token_ids) if isinstance(token_ids, list) else None,
@@ -183,12 +201,18 @@ class OpenAIAgent:
         except openai.APIStatusError as exc:
             raise AgentError(
                 f"OpenAI-compatible server at {self.base_url} answered HTTP {exc.status_code} to GET /models: "
-                f"{_status_message(exc)} {hint}"
+                f"{_status_message(exc)}{self._url_hint(exc.status_code) or ' ' + hint}"
             ) from exc
         except openai.OpenAIError as exc:
             raise AgentError(
                 f"cannot reach OpenAI-compatible server at {self.base_url}: {_one_line(exc)} {hint}"
             ) from exc
+
+    def _url_hint(self, status: int) -> str:
+        """For a 404 from a base URL without ``/v1`` (OpenAI-compatible servers serve under it): the fix."""
+        if status == 404 and not self.base_url.endswith("/v1"):
+            return f" (did you mean --base-url {self.base_url}/v1 ?)"
+        return ""
 
     async def aclose(self) -> None:
         """Close the HTTP client and its pooled connections."""

@@ -23,12 +23,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from .http import HTTPError, HTTPRequest, read_request, write_error, write_response
+from .http import HTTPError, HTTPRequest, read_request, write_chunked, write_drip, write_error, write_response
 
 Message = dict[str, Any]
 #: A list of replies chosen by turn, or ``(messages, request) -> str | dict`` (a dict is the full message).
 Responder = Sequence[str] | Callable[[list[Message], dict[str, Any]], Any]
-#: One per-request action: ``{"status": 500}``, ``{"hang": 2.0}``, ``{"close": True}`` or ``None`` (normal).
+#: One per-request action: ``{"status": 500}``, ``{"hang": 2.0}``, ``{"close": True}``, ``{"drip": 0.5}``,
+#: ``{"huge": 200_000_000}`` or ``None`` (normal).
 Fault = dict[str, Any] | None
 
 # Tokens keep their leading whitespace so that joining them gives back the text (as real tokenizers do).
@@ -60,7 +61,9 @@ class ScriptedChatServer:
 
     ``faults`` are consumed one per request in arrival order (any path) until exhausted; then requests are
     served normally. ``hang`` sleeps first and then serves the request, ``close`` drops the connection
-    without an answer, ``status`` answers that HTTP error (with ``message`` and ``headers`` if given).
+    without an answer, ``status`` answers that HTTP error (with ``message`` and ``headers`` if given),
+    ``drip`` sends a 200 head and then one byte of body every that many seconds, never finishing, and ``huge``
+    answers a well-formed completion whose content is that many bytes, sent chunked as it is generated.
     ``latency_s`` delays every chat completion (not the models list) without blocking the loop.
     ``requests`` counts requests received, faulty ones included; ``last_request`` is the last chat body;
     ``in_flight`` is how many are being answered now and ``peak_in_flight`` the most at once (back-pressure).
@@ -214,6 +217,12 @@ class ScriptedChatServer:
                 await asyncio.sleep(float(fault["hang"]))
             if fault.get("close"):
                 return False
+            if fault.get("drip"):
+                await write_drip(writer, float(fault["drip"]))
+                return False
+            if fault.get("huge"):
+                await self._huge(writer, int(fault["huge"]))
+                return False
             if fault.get("status"):
                 status = int(fault["status"])
                 message = fault.get("message", f"injected fault: HTTP {status}")
@@ -311,6 +320,17 @@ class ScriptedChatServer:
         ]
         completion = {**header, "object": "chat.completion", "choices": choices, "usage": usage}
         write_response(writer, 200, json.dumps(completion).encode(), request.keep_alive)
+
+    async def _huge(self, writer: asyncio.StreamWriter, size: int) -> None:
+        """A valid completion with ``size`` bytes of content, generated and sent 1 MiB at a time."""
+        head = json.dumps({"id": f"chatcmpl-{next(self._ids):012x}", "object": "chat.completion"})[:-1]
+        step = 1 << 20
+        parts = itertools.chain(
+            [head.encode() + b', "choices": [{"index": 0, "message": {"role": "assistant", "content": "'],
+            (b"x" * min(step, size - i) for i in range(0, size, step)),
+            [b'"}, "finish_reason": "stop"}], "created": 0, "model": "%s"}' % self.model.encode()],
+        )
+        await write_chunked(writer, parts)
 
     def _reply(self, messages: list[Message], body: dict[str, Any]) -> Any:
         if callable(self.responder):

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import string
 import tempfile
 from collections.abc import Callable
@@ -134,12 +135,64 @@ def cached_build(kind: str, key: Any, build: Callable[[Path], None]) -> Path:
     return path
 
 
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "name" or "owner/name"; anything else with a slash, or starting like a path, is a path.
+    return (
+        name.startswith(("/", ".", "~"))
+        or name.count("/") > 1
+        or name.endswith("/")
+        or os.sep != "/"
+        and os.sep in name
+    )
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def model_source_problem(name: str, probe_timeout_s: float = 3.0) -> str | None:
+    """Why ``name`` cannot be loaded, found at once (no download retries), or None when it may load.
+
+    A missing local path is said to be one (transformers would call it a malformed repo id); a hub name not in
+    the local cache is refused at once when offline (``HF_HUB_OFFLINE``) or when the hub cannot be reached.
+    """
+    if name == TINY_NAME or Path(name).expanduser().exists():
+        return None
+    if _looks_like_path(name):
+        return f"model path {name!r} does not exist (give a folder holding config.json, or a hub name)"
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return None
+    except ValueError:  # not a valid repo id either
+        return f"{name!r} is neither an existing path nor a valid hub name like 'Qwen/Qwen2.5-0.5B'"
+    if _offline():
+        return f"{name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: download it first"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    hostname, _, port = host.partition(":")
+    try:
+        socket.create_connection(
+            (hostname, int(port or (443 if endpoint.startswith("https") else 80))), probe_timeout_s
+        ).close()
+    except OSError as exc:
+        return f"{name!r} is not in the local Hugging Face cache and {host} cannot be reached ({exc.strerror or exc})"
+    return None
+
+
 def load_model_and_tokenizer(
     name_or_path: str, dtype: torch.dtype | str | None = None, device: str | None = None
 ):
     """Load ``tiny`` (built locally on first use) or any transformers causal LM by path or hub name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    problem = model_source_problem(name_or_path)
+    if problem:
+        raise OSError(problem)
     path = str(tiny_model_path()) if name_or_path == TINY_NAME else name_or_path
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 EXIT_USAGE = 2
+#: A run stops when its first this-many episodes all fail with the same error: a broken setup, not bad luck.
+FAIL_FAST_EPISODES = 3
 
 
 class UsageError(Exception):
@@ -48,11 +50,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     ro.add_argument("--out", required=True, help="output JSONL file")
     ro.add_argument("--resume", action="store_true", help="skip the episodes already complete in --out")
+    ro.add_argument(
+        "--overwrite", action="store_true", help="replace --out when it exists (its rows are lost)"
+    )
     ro.add_argument("--seed", type=int, default=0, help="episode i uses seed SEED+i (default 0)")
     ro.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     ro.add_argument("--max-tokens", type=int, default=None, help="most tokens per assistant turn")
     ro.add_argument("--api-key", default="EMPTY", help="API key for --base-url (default EMPTY)")
     ro.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ro.add_argument(
+        "--fail-fast",
+        type=int,
+        default=FAIL_FAST_EPISODES,
+        metavar="N",
+        help="stop when the first N episodes all fail with the same error (default %(default)s; 0: never)",
+    )
     ro.add_argument(
         "--workers", type=int, default=0, help="run on N Ray actors (pip install 'aligngym[ray]')"
     )
@@ -105,17 +117,38 @@ def _json_object(text: str, flag: str) -> dict[str, Any]:
     return value
 
 
-def _check_env(env_id: str, env_kwargs: dict[str, Any]) -> None:
-    from aligngym.envs.registry import UnknownEnvError, make
+def _check_env(env_id: str, env_kwargs: dict[str, Any], seed: int = 0) -> None:
+    from aligngym.env_check import EnvArgsError, check_env
+    from aligngym.envs.registry import UnknownEnvError
 
     try:
-        make(env_id, **env_kwargs).close()
-    except UnknownEnvError as exc:
+        check_env(env_id, env_kwargs, seed)
+    except (UnknownEnvError, EnvArgsError) as exc:
         raise UsageError(str(exc)) from None
-    except (TypeError, ValueError) as exc:
+
+
+def _check_out(args: argparse.Namespace, env_kwargs: dict[str, Any]) -> None:
+    """Refuse an --out that would lose rows: an existing file needs --resume (same run) or --overwrite."""
+    from pathlib import Path
+
+    from aligngym.trajectory import RunKey, TrajectoryFileError, check_resumable
+
+    out = Path(args.out)
+    if out.is_dir():
         raise UsageError(
-            f"cannot create {env_id} with --env-kwargs {json.dumps(env_kwargs)}: {exc}"
-        ) from None
+            f"--out {args.out!r} is a directory; give a file path such as {out / 'rollout.jsonl'}"
+        )
+    if args.resume and args.overwrite:
+        raise UsageError("--resume keeps --out and --overwrite replaces it: give one of them")
+    if out.exists() and out.stat().st_size and not (args.resume or args.overwrite):
+        raise UsageError(
+            f"--out {args.out!r} exists; pass --resume to continue that run or --overwrite to replace it"
+        )
+    if args.resume:
+        try:
+            check_resumable(out, RunKey(args.env_id, args.seed, env_kwargs))
+        except TrajectoryFileError as exc:
+            raise UsageError(str(exc)) from None
 
 
 async def _rollout_on_ray(
@@ -165,6 +198,11 @@ def _check_local_model(name: str) -> None:
     if name != "tiny":
         from transformers import AutoConfig
 
+        from aligngym.agents.tiny import model_source_problem
+
+        problem = model_source_problem(name)
+        if problem:
+            raise OSError(problem)
         AutoConfig.from_pretrained(name)
 
 
@@ -200,18 +238,19 @@ def _seat_models(env_id: str, env_kwargs: dict[str, Any], models: list[str]) -> 
 async def _rollout(args: argparse.Namespace) -> int:
     from aligngym.agents.base import AgentError
     from aligngym.agents.factory import build_agent
-    from aligngym.rollout import rollout
+    from aligngym.rollout import RolloutAborted, rollout
 
     env_kwargs = _json_object(args.env_kwargs, "--env-kwargs")
-    if args.episodes < 0 or args.concurrency < 1:
-        raise UsageError("--episodes must be >= 0 and --concurrency >= 1")
+    if args.episodes < 0 or args.concurrency < 1 or args.fail_fast < 0:
+        raise UsageError("--episodes and --fail-fast must be >= 0 and --concurrency >= 1")
     if args.max_sandboxes is not None and args.max_sandboxes < 1:
         raise UsageError("--max-sandboxes must be >= 1")
     if args.max_sandboxes is not None and not args.workers:
         from aligngym.sandboxes.pool import set_max_sandboxes
 
         set_max_sandboxes(args.max_sandboxes)
-    _check_env(args.env_id, env_kwargs)
+    _check_out(args, env_kwargs)
+    _check_env(args.env_id, env_kwargs, args.seed)
     seat_models = _seat_models(args.env_id, env_kwargs, args.model)
     extra = {"api_key": args.api_key} if args.base_url else {}
     built: dict[str, Any] = {}
@@ -224,9 +263,7 @@ async def _rollout(args: argparse.Namespace) -> int:
                 name, args.base_url, temperature=args.temperature, max_tokens=args.max_tokens, **extra
             )
     except OSError as exc:  # transformers' "not a local folder or hub id" family
-        raise UsageError(
-            f"cannot load model {exc.filename or args.model[0]!r}: {str(exc).splitlines()[0]}"
-        ) from None
+        raise UsageError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
     try:
         if args.base_url:
             try:
@@ -247,7 +284,11 @@ async def _rollout(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 resume=args.resume,
                 progress=not args.no_progress,
+                fail_fast=args.fail_fast,
             )
+    except RolloutAborted as exc:
+        print(f"aligngym: {exc} (rows written to {args.out})", file=sys.stderr)
+        return 1
     finally:
         for policy in built.values():
             await policy.aclose()
@@ -300,19 +341,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if len(rows) >= 4:
         first, last = quarter_means(rows)
         print(f"mean reward: first quarter {first:.4f} -> last quarter {last:.4f}")
-    print(f"metrics, reward_curve.png and model written to {config.output_dir}")
+    print(f"{', '.join(_written(config.output_dir))} written to {config.output_dir}")
     return 0
+
+
+def _written(output_dir: str) -> list[str]:
+    """The artifacts a training run left in ``output_dir``, as the user would name them."""
+    from pathlib import Path
+
+    from aligngym.trainers.logging import METRICS_FILE
+
+    out = Path(output_dir)
+    names = [METRICS_FILE] if (out / METRICS_FILE).exists() else []
+    names += sorted(p.name for p in out.glob("*.png"))
+    return names + (["model"] if (out / "model").is_dir() else []) or ["nothing"]
 
 
 def _cmd_pairs(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from aligngym.trainers.pairs import PairConfig, build_pairs, write_jsonl
-    from aligngym.trajectory import read_trajectories
+    from aligngym.trajectory import TrajectoryFileError, read_trajectories
 
     if not Path(args.trajectories).exists():
         raise UsageError(f"trajectory file {args.trajectories!r} not found")
-    rows = read_trajectories(args.trajectories)
+    try:
+        rows = read_trajectories(args.trajectories)
+    except TrajectoryFileError as exc:
+        raise UsageError(str(exc)) from None
+    if not rows and Path(args.trajectories).stat().st_size:
+        raise UsageError(
+            f"{args.trajectories!r} holds no trajectory rows; is it the output of `aligngym rollout`?"
+        )
     pairs = build_pairs(
         rows, PairConfig(min_margin=args.min_margin, max_pairs_per_prompt=args.max_pairs_per_prompt)
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .rollout import RolloutSummary, Tally
-from .trajectory import Trajectory, TrajectoryWriter
+from .trajectory import RunKey, Trajectory, TrajectoryWriter
 
 #: Attempts per episode before it is written as failed (a worker that keeps dying takes it down with it).
 MAX_ATTEMPTS = 3
@@ -154,7 +154,7 @@ async def rollout_ray(
 
     for index in range(workers):
         spawn(index)
-    writer = TrajectoryWriter(out, resume=resume)
+    writer = TrajectoryWriter(out, resume=resume, run=RunKey(env_id, seed, env_kwargs))
     todo = [i for i in range(episodes) if i not in writer.done]
     skipped = episodes - len(todo)
     queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()

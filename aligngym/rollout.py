@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,14 @@ from typing import Any
 from aligngym.agents.base import Agent
 from aligngym.envs.registry import make
 
-from .trajectory import Trajectory, TrajectoryWriter
+from .trajectory import RunKey, Trajectory, TrajectoryWriter
 
 #: Hard stop for environments whose episodes never end, so one bad env cannot hang a run.
 MAX_TURNS_GUARD = 1000
+
+
+class RolloutAborted(RuntimeError):
+    """The first episodes of a run all failed the same way, so the rest were not played."""
 
 
 @dataclass
@@ -42,8 +47,18 @@ class RolloutSummary:
         return self.written / self.duration_s if self.duration_s else 0.0
 
 
-async def play_episode(env: Any, agent: Agent, env_id: str, episode: int, seed: int | None) -> Trajectory:
-    """Play one episode; any exception becomes the trajectory's ``error`` instead of propagating."""
+async def play_episode(
+    env: Any,
+    agent: Agent,
+    env_id: str,
+    episode: int,
+    seed: int | None,
+    on_turn: Callable[[], None] | None = None,
+) -> Trajectory:
+    """Play one episode; any exception becomes the trajectory's ``error`` instead of propagating.
+
+    ``on_turn`` is called after every turn (the progress bar counts turns with it).
+    """
     traj = Trajectory(
         env_id=env_id, episode=episode, seed=seed, agent=agent.name, episode_id=uuid.uuid4().hex
     )
@@ -60,6 +75,8 @@ async def play_episode(env: Any, agent: Agent, env_id: str, episode: int, seed: 
             step = await astep(action) if astep else env.step(action)
             _, reward, terminated, truncated, info = step
             traj.turns += 1
+            if on_turn:
+                on_turn()
             traj.rewards.append(float(reward))
             traj.messages = info.get("messages", traj.messages)
             if terminated or truncated:
@@ -79,7 +96,12 @@ async def play_episode(env: Any, agent: Agent, env_id: str, episode: int, seed: 
 
 
 async def play_multi_agent_episode(
-    env: Any, seats: dict[str, Agent], env_id: str, episode: int, seed: int | None
+    env: Any,
+    seats: dict[str, Agent],
+    env_id: str,
+    episode: int,
+    seed: int | None,
+    on_turn: Callable[[], None] | None = None,
 ) -> list[Trajectory]:
     """Play one multi-agent episode; returns one trajectory per seat, linked by ``episode_id``."""
     episode_id = uuid.uuid4().hex
@@ -114,6 +136,8 @@ async def play_multi_agent_episode(
                 await step(actions) if step else env.step(actions)
             )
             rounds += 1
+            if on_turn:
+                on_turn()
             for a in live:
                 traj = trajs[a]
                 traj.turns += 1
@@ -158,11 +182,13 @@ async def rollout(
     seed: int = 0,
     resume: bool = False,
     progress: bool = True,
+    fail_fast: int = 0,
 ) -> RolloutSummary:
     """Run ``episodes`` episodes of ``env_id``; episode ``i`` uses seed ``seed + i``.
 
     ``agent`` is one policy, or for multi-agent envs a ``{seat: policy}`` map; multi-agent episodes write one
-    row per seat, linked by ``episode_id``.
+    row per seat, linked by ``episode_id``. When the first ``fail_fast`` episodes (0: never) all fail with the
+    same error, no more start and ``RolloutAborted`` is raised (their rows are written).
     """
     env_kwargs = env_kwargs or {}
     if episodes < 0 or concurrency < 1:
@@ -172,24 +198,24 @@ async def rollout(
     seats = seat_agents(first_env, agent) if multi else None
     if not multi and isinstance(agent, dict):
         raise ValueError(f"{env_id} is single-agent: pass one agent, not a seat map")
-    writer = TrajectoryWriter(out, resume=resume)
+    writer = TrajectoryWriter(out, resume=resume, run=RunKey(env_id, seed, env_kwargs))
     todo = [i for i in range(episodes) if i not in writer.done]
     skipped = episodes - len(todo)
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in todo:
         queue.put_nowait(i)
-    tally = Tally(writer, len(todo), env_id, progress)
+    tally = Tally(writer, len(todo), env_id, progress, fail_fast=fail_fast)
     spare = [first_env]
 
     async def worker() -> None:
         env = spare.pop() if spare else _unwrapped(make(env_id, **env_kwargs))
         try:
-            while not queue.empty():
+            while not queue.empty() and tally.aborted is None:
                 i = queue.get_nowait()
                 if multi:
-                    group = await play_multi_agent_episode(env, seats, env_id, i, seed + i)
+                    group = await play_multi_agent_episode(env, seats, env_id, i, seed + i, tally.turn)
                 else:
-                    group = [await play_episode(env, agent, env_id, i, seed + i)]
+                    group = [await play_episode(env, agent, env_id, i, seed + i, tally.turn)]
                 if not tally.record(group):
                     # The env may be mid-episode in an unknown state; a fresh one is cheap insurance.
                     with contextlib.suppress(Exception):
@@ -207,6 +233,8 @@ async def rollout(
         if tally.bar:
             tally.bar.stop()
         writer.close()
+    if tally.aborted is not None:
+        raise RolloutAborted(tally.aborted)
     return tally.summary(out, episodes, skipped)
 
 
@@ -225,12 +253,23 @@ def _unwrapped(env: Any) -> Any:
 class Tally:
     """Writes finished episodes and keeps the counts a run reports (and shows on its progress bar)."""
 
-    def __init__(self, writer: TrajectoryWriter, total: int, label: str, progress: bool):
+    def __init__(self, writer: TrajectoryWriter, total: int, label: str, progress: bool, fail_fast: int = 0):
         self.writer = writer
         self.written = self.errors = self.ok = self.turns = self.retried = 0
+        self.live_turns = 0
         self.reward = 0.0
         self.start = time.perf_counter()
         self.bar = _Progress(total, label) if progress else None
+        self.fail_fast = fail_fast
+        self.first_errors: list[str] = []
+        #: Why the run stops early (the first episodes all failed alike), or None.
+        self.aborted: str | None = None
+
+    def turn(self) -> None:
+        """One more turn played (in any episode): a long episode still moves the progress line."""
+        self.live_turns += 1
+        if self.bar:
+            self.bar.turn(self.live_turns)
 
     def record(self, group: list[Trajectory]) -> bool:
         """Write one episode's rows (one per seat); False when it failed."""
@@ -243,9 +282,23 @@ class Tally:
         else:
             self.ok += 1
             self.reward += sum(t.reward for t in group) / len(group)
+        self._watch(group[0].error)
         if self.bar:
             self.bar.advance(self.mean_reward, self.errors)
         return not failed
+
+    def _watch(self, error: str | None) -> None:
+        # Only the run's first episodes decide: one success, or two different errors, and it runs to the end.
+        if not self.fail_fast or len(self.first_errors) >= self.fail_fast or self.aborted:
+            return
+        if error is None or (self.first_errors and error != self.first_errors[0]):
+            self.fail_fast = 0
+            return
+        self.first_errors.append(error)
+        if len(self.first_errors) == self.fail_fast:
+            self.aborted = (
+                f"stopped: the first {self.fail_fast} episodes all failed with the same error: {error}"
+            )
 
     @property
     def mean_reward(self) -> float:
@@ -277,14 +330,19 @@ class _Progress:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("reward {task.fields[reward]:.3f}  errors {task.fields[errors]}"),
+            TextColumn(
+                "turns {task.fields[turns]}  reward {task.fields[reward]:.3f}  errors {task.fields[errors]}"
+            ),
             TimeElapsedColumn(),
             transient=False,
         )
-        self.task = self.progress.add_task(label, total=total, reward=0.0, errors=0)
+        self.task = self.progress.add_task(label, total=total, reward=0.0, errors=0, turns=0)
 
     def start(self) -> None:
         self.progress.start()
+
+    def turn(self, turns: int) -> None:
+        self.progress.update(self.task, turns=turns)
 
     def advance(self, mean_reward: float, errors: int) -> None:
         self.progress.update(self.task, advance=1, reward=mean_reward, errors=errors)

@@ -32,6 +32,8 @@ class Trajectory:
     #: Multi-agent episodes: this row's seat, and how many rows (seats) the episode has.
     agent_id: str | None = None
     num_agents: int = 1
+    #: The env arguments of the run that wrote the row, so ``--resume`` can refuse a different run.
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """One line of JSON (no newline); non-JSON values in ``info`` are stringified, not dropped."""
@@ -58,10 +60,49 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+class TrajectoryFileError(ValueError):
+    """A file that is not a trajectory JSONL, or not one written by the run being resumed."""
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """What makes two rollouts the same run: rows of another run must not count as done."""
+
+    env_id: str
+    seed: int
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def mismatch(self, row: dict[str, Any]) -> str | None:
+        """How ``row`` differs from this run (``None`` when it belongs to it)."""
+        if row.get("env_id") != self.env_id:
+            return f"env id {row.get('env_id')!r} (this run: {self.env_id!r})"
+        if isinstance(row.get("seed"), int) and row["seed"] - int(row["episode"]) != self.seed:
+            return f"--seed {row['seed'] - int(row['episode'])} (this run: {self.seed})"
+        # Rows from before env_kwargs was recorded carry no key: nothing to compare them with.
+        wanted = json.loads(json.dumps(_jsonable(self.env_kwargs)))
+        if "env_kwargs" in row and row["env_kwargs"] != wanted:
+            return f"--env-kwargs {json.dumps(row['env_kwargs'])} (this run: {json.dumps(wanted)})"
+        return None
+
+
 def read_trajectories(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete row of a trajectory file; a half-written last line (a killed writer) is skipped."""
+    """Every complete row of a trajectory file; a half-written last line (a killed writer) is skipped.
+
+    Raises ``TrajectoryFileError`` when a line before the last is not a JSON object with an ``episode``.
+    """
     rows, _ = _scan(Path(path))
     return rows
+
+
+def check_resumable(path: str | Path, run: RunKey) -> None:
+    """Raise ``TrajectoryFileError`` unless every row of ``path`` (if it exists) was written by ``run``."""
+    for row in read_trajectories(path):
+        why = run.mismatch(row)
+        if why is not None:
+            raise TrajectoryFileError(
+                f"cannot resume {str(path)!r}: episode {row['episode']} was written with {why}; "
+                "resume with the same settings, or write to another --out"
+            )
 
 
 def _complete_episodes(rows: list[dict[str, Any]]) -> dict[int, int]:
@@ -81,16 +122,25 @@ def _scan(path: Path) -> tuple[list[dict[str, Any]], int]:
     good_end = 0
     if not path.exists():
         return rows, 0
+    if path.is_dir():
+        raise TrajectoryFileError(f"{str(path)!r} is a directory, not a trajectory JSONL file")
     with path.open("rb") as fh:
         offset = 0
-        for raw in fh:
+        for lineno, raw in enumerate(fh, 1):
             offset += len(raw)
             if not raw.endswith(b"\n"):
                 break  # a line without its newline was cut by a crash mid-write
             try:
-                rows.append(json.loads(raw))
-            except json.JSONDecodeError:
-                break
+                row = json.loads(raw)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("episode"), int):
+                # Each write ends with its newline, so a whole bad line is not a torn write: another file.
+                raise TrajectoryFileError(
+                    f"{str(path)!r} line {lineno} is not a trajectory row (a JSON object with an 'episode'); "
+                    "is it the output of `aligngym rollout`?"
+                )
+            rows.append(row)
             good_end = offset
     return rows, good_end
 
@@ -102,11 +152,18 @@ class TrajectoryWriter:
     indices already complete, so a run killed with ``kill -9`` continues without losing or repeating one.
     """
 
-    def __init__(self, path: str | Path, resume: bool = False):
+    def __init__(self, path: str | Path, resume: bool = False, run: RunKey | None = None):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise TrajectoryFileError(
+                f"{str(self.path)!r} is a directory; give a file path such as out.jsonl"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.done: set[int] = set()
+        self.run = run
         if resume:
+            if run is not None:
+                check_resumable(self.path, run)
             rows, good_end = _scan(self.path)
             complete = _complete_episodes(rows)
             if good_end < (self.path.stat().st_size if self.path.exists() else 0) or sum(
@@ -133,6 +190,9 @@ class TrajectoryWriter:
         """Write trajectories (all seats of one episode) as lines, handed to the OS before returning."""
         # One write call per episode keeps its lines together; flush so a kill -9 loses at most the episode
         # in flight, which resume detects (torn line, or fewer rows than seats) and redoes.
+        if self.run is not None:
+            for t in trajectories:
+                t.env_kwargs = self.run.env_kwargs
         self._fh.write("".join(t.to_json() + "\n" for t in trajectories))
         self._fh.flush()
         self.done.update(t.episode for t in trajectories)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 from collections.abc import Iterable
 from importlib import resources
@@ -20,12 +21,28 @@ def load_rows(source: Any, shipped: str, names: tuple[str, ...] = ()) -> list[An
         if not path.is_file():
             choices = f", or one of {', '.join(map(repr, names))}" if names else ""
             raise ValueError(f"task file {str(path)!r} not found; pass a JSONL path, a list of rows{choices}")
-        label, text = str(path), path.read_text("utf-8")
+        label, text = str(path), _read_text(path)
     elif isinstance(source, Iterable):
         return list(source)
     else:
         raise TypeError(f"tasks must be a list of rows or a JSONL path, got {type(source).__name__}")
     return _parse(text, label)
+
+
+def _read_text(path: Path) -> str:
+    """The text of a task file, gunzipped when it is gzip (``.jsonl.gz``, as HumanEval ships)."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"task file {str(path)!r} is a damaged gzip file: {exc}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"task file {str(path)!r} is not UTF-8 text (byte {exc.start}); pass a JSONL file or a .jsonl.gz"
+        ) from None
 
 
 @functools.cache

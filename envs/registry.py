@@ -7,6 +7,12 @@ adds what Gymnasium does not keep: a one-line description and the kind (single- 
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
+import math
+import numbers
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,9 +59,19 @@ def register(
         description = (
             (getattr(cls, "description", "") or (cls.__doc__ or "").strip().split("\n")[0]) if cls else ""
         )
-    if not multi_agent:
+    if multi_agent:
+        # Gymnasium cannot build PettingZoo envs, but gym.make should say where to go, not "NameNotFound".
+        gym.register(id=id, entry_point=functools.partial(_not_a_gym_env, id), disable_env_checker=True)
+    else:
         gym.register(id=id, entry_point=entry_point, kwargs=kwargs, disable_env_checker=True)
     _ENTRIES[id] = EnvEntry(id, entry_point, description or "", multi_agent, dict(kwargs))
+
+
+def _not_a_gym_env(id: str, **_: Any) -> Any:
+    raise gym.error.Error(
+        f"{id} is a multi-agent (PettingZoo) environment, which gym.make cannot build: "
+        f"use aligngym.make({id!r}, ...)"
+    )
 
 
 def registered() -> dict[str, EnvEntry]:
@@ -75,13 +91,85 @@ def spec(id: str) -> EnvEntry:
         ) from None
 
 
+def _resolve(entry_point: Callable[..., Any] | str) -> Callable[..., Any]:
+    if isinstance(entry_point, str):
+        module, _, attr = entry_point.partition(":")
+        return getattr(__import__(module, fromlist=[attr]), attr)
+    return entry_point
+
+
+def _scalar_types(annotation: Any) -> tuple[type, ...] | None:
+    """The scalar types (bool, int, float, str) an annotation allows, None allowed as ``type(None)``.
+
+    ``None`` (not a tuple) when the annotation admits anything else, so the value is not checked here.
+    """
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if typing.get_origin(annotation) is typing.Union:
+        options = typing.get_args(annotation)
+    if all(o in (bool, int, float, str, type(None)) for o in options):
+        return tuple(options)
+    return None
+
+
+def _fits(value: Any, allowed: tuple[type, ...]) -> bool:
+    # JSON gives 2.5 or true where an int is meant; both are mistakes, not values to coerce.
+    if value is None:
+        return type(None) in allowed
+    if isinstance(value, bool):
+        return bool in allowed
+    if isinstance(value, numbers.Integral):
+        return int in allowed or float in allowed
+    if isinstance(value, numbers.Real):
+        return float in allowed
+    return isinstance(value, str) and str in allowed
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    """The path of a NaN or infinite number inside ``value`` (None when there is none)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{path}[{key!r}]")
+        if found:
+            return found
+    return None
+
+
+def check_kwargs(id: str, kwargs: dict[str, Any]) -> None:
+    """Raise ``TypeError``/``ValueError`` for an argument of ``id``'s constructor that has the wrong type.
+
+    Checks the scalar parameters (``int``, ``float``, ``bool``, ``str`` and their optionals) against the
+    constructor's annotations, and refuses NaN and infinities anywhere; the env checks ranges itself.
+    """
+    for name, value in kwargs.items():
+        bad = _non_finite(value, name)
+        if bad:
+            raise ValueError(f"{bad} must be a finite number, got {value!r}")
+    factory = _resolve(spec(id).entry_point)
+    try:
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    except Exception:  # an annotation that does not resolve here: leave the checking to the env
+        return
+    for name, value in kwargs.items():
+        allowed = _scalar_types(hints.get(name))
+        if allowed and not _fits(value, allowed):
+            wanted = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+            raise TypeError(f"{name} must be {wanted}, got {value!r}")
+
+
 def make(id: str, **kwargs: Any) -> Any:
-    """Build any registered environment: a gymnasium ``Env`` or, for multi-agent ids, a PettingZoo env."""
+    """Build any registered environment: a gymnasium ``Env`` or, for multi-agent ids, a PettingZoo env.
+
+    Arguments of the wrong scalar type (``2.5`` or ``true`` for an integer, NaN) raise before construction.
+    """
     entry = spec(id)
+    check_kwargs(id, kwargs)
     if entry.multi_agent:
-        factory = entry.entry_point
-        if isinstance(factory, str):
-            module, _, attr = factory.partition(":")
-            factory = getattr(__import__(module, fromlist=[attr]), attr)
-        return factory(**{**entry.kwargs, **kwargs})
+        return _resolve(entry.entry_point)(**{**entry.kwargs, **kwargs})
     return gym.make(id, **kwargs)

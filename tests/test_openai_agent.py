@@ -95,7 +95,8 @@ def test_hangs_past_retries_raise_agent_error():
             _act(_agent(srv, timeout=0.2, max_retries=2))
         assert srv.base_url in str(info.value)
         assert srv.requests == 3
-        assert time.perf_counter() - start < 2.0
+        # Each hang is 5 s: giving up after three 0.2 s attempts means no attempt waited its hang out.
+        assert time.perf_counter() - start < 5.0
 
 
 def test_closed_connection_is_retried():
@@ -177,3 +178,42 @@ def test_scripted_agent_callable_and_validation():
     asyncio.run(agent.aclose())
     with pytest.raises(ValueError):
         ScriptedAgent([])
+
+
+# -- deadline, size cap, malformed content ---------------------------------------------------------------
+def test_a_dripping_server_hits_the_per_request_deadline():
+    # One byte every 0.1 s keeps every read under the timeout; only a deadline on the whole reply stops it.
+    with ScriptedChatServer(["ok"], faults=[{"drip": 0.1}] * 2).run_in_thread() as srv:
+        start = time.perf_counter()
+        with pytest.raises(AgentError, match="did not answer within 1s"):
+            _act(_agent(srv, timeout=1.0, max_retries=1))
+        elapsed = time.perf_counter() - start
+        assert srv.requests == 2
+    # The drip never ends: without the deadline this would hang (minutes) instead of ~2 s.
+    assert elapsed < 30
+
+
+def test_a_reply_over_the_size_cap_is_refused_not_retried():
+    with ScriptedChatServer(["ok"], faults=[{"huge": 4_000_000}]).run_in_thread() as srv:
+        with pytest.raises(AgentError, match="too large.*1000000 bytes"):
+            _act(_agent(srv, max_reply_bytes=1_000_000))
+        assert srv.requests == 1
+
+
+def test_a_large_reply_under_the_cap_is_read_whole():
+    with ScriptedChatServer(["ok"], faults=[{"huge": 3_000_000}]).run_in_thread() as srv:
+        assert _act(_agent(srv, max_reply_bytes=4_000_000)).text == "x" * 3_000_000
+
+
+def test_the_default_size_cap_is_set_and_sane():
+    agent = OpenAIAgent("m", "http://127.0.0.1:9/v1")
+    assert 1 << 20 <= agent.max_reply_bytes <= 64 << 20
+    with pytest.raises(ValueError):
+        OpenAIAgent("m", "http://127.0.0.1:9/v1", max_reply_bytes=0)
+
+
+@pytest.mark.parametrize("content", [5, ["a", "b"], {"text": "hi"}])
+def test_non_string_content_is_an_error_not_empty_text(content):
+    server = ScriptedChatServer(lambda messages, request: {"content": content})
+    with server.run_in_thread() as srv, pytest.raises(AgentError, match="content of type"):
+        _act(_agent(srv))

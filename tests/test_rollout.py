@@ -81,3 +81,53 @@ def test_multi_turn_episode_keeps_every_turn(tmp_path):
     row = read_trajectories(out)[0]
     assert row["turns"] == 3 and row["truncated"] and len(row["rewards"]) == 3
     assert [m["role"] for m in row["messages"]] == ["user", "assistant"] * 3
+
+
+def test_progress_counts_turns_as_they_happen(tmp_path):
+    from aligngym.envs.registry import make
+    from aligngym.rollout import Tally, play_episode
+    from aligngym.trajectory import TrajectoryWriter
+
+    env = make("aligngym/Arithmetic-v0", max_turns=4).unwrapped
+    with TrajectoryWriter(tmp_path / "r.jsonl") as writer:
+        tally = Tally(writer, 1, "x", progress=True)
+        seen = []
+        traj = asyncio.run(
+            play_episode(env, ScriptedAgent(["no"]), "x", 0, 0, on_turn=lambda: seen.append(tally.turn()))
+        )
+        # the bar moved with every turn, before the episode (and so the episode count) finished
+        assert len(seen) == traj.turns == 4
+        assert tally.bar.progress.tasks[0].fields["turns"] == 4
+        assert tally.bar.progress.tasks[0].completed == 0
+
+
+def test_local_agent_keeps_the_prompt_within_the_window():
+    from aligngym.agents.base import AgentResponse
+    from aligngym.agents.local import TransformersAgent
+
+    agent = TransformersAgent("tiny")
+    window = agent.model.config.max_position_embeddings
+    assert agent.max_prompt_tokens == window - agent.sampling.max_new_tokens
+    prompts = []
+
+    def fake_generate(prompt_ids):
+        prompts.extend(prompt_ids)
+        return [AgentResponse(text="ok") for _ in prompt_ids]
+
+    agent._generate = fake_generate
+    turns = [
+        {"role": r, "content": f"turn {i} " + "lorem ipsum " * 20}
+        for i in range(60)
+        for r in ("assistant", "user")
+    ]
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "TASK: find the key"},
+        *turns,
+    ]
+    asyncio.run(agent.act(messages))
+    (ids,) = prompts
+    assert len(ids) <= agent.max_prompt_tokens
+    text = agent.tokenizer.decode(ids)
+    # the task and the latest turn survive; the oldest turns went
+    assert "TASK: find the key" in text and "turn 59" in text and "turn 0 " not in text

@@ -83,20 +83,30 @@ def test_async_client_concurrent_conversations():
 
 
 def test_latency_is_applied_and_does_not_serialize():
-    async def main(base_url: str) -> float:
-        async with openai.AsyncOpenAI(base_url=base_url, api_key="t", max_retries=0) as client:
-            start = time.perf_counter()
-            await asyncio.gather(
-                *(client.chat.completions.create(model="s", messages=USER) for _ in range(8))
-            )
-            return time.perf_counter() - start
+    async def main(base_url: str) -> list[str]:
+        async with openai.AsyncOpenAI(base_url=base_url, api_key="t", max_retries=0, timeout=60) as client:
+            calls = [client.chat.completions.create(model="s", messages=USER) for _ in range(8)]
+            return [c.choices[0].message.content for c in await asyncio.gather(*calls)]
+
+    arrived: list[int] = []
+    all_in = asyncio.Event()
+
+    async def gate(messages, request):
+        # No request is answered until all eight have slept their latency and arrived here: a server that
+        # handled them one at a time would never get past the first (it fails after 30 s instead).
+        arrived.append(1)
+        if len(arrived) == 8:
+            all_in.set()
+        await asyncio.wait_for(all_in.wait(), 30)
+        return "x"
 
     with ScriptedChatServer(["x"], latency_s=0.2).run_in_thread() as srv:
         start = time.perf_counter()
         _client(srv).chat.completions.create(model="s", messages=USER)
-        assert time.perf_counter() - start >= 0.2
-        # eight concurrent requests overlap their sleeps: far less than 8 * 0.2 s
-        assert 0.2 <= asyncio.run(main(srv.base_url)) < 1.0
+        assert time.perf_counter() - start >= 0.2  # a lower bound: load can only add to it
+    with ScriptedChatServer(gate, latency_s=0.2).run_in_thread() as srv:
+        assert asyncio.run(main(srv.base_url)) == ["x"] * 8
+        assert srv.peak_in_flight == 8
 
 
 def test_unknown_path_is_json_404(server):

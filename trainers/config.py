@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,15 @@ class TrainConfig:
 _OPTIONAL_TYPES = {"data": str, "reward_threshold": float, "top_k": int}
 
 
+def _yaml11_float(text: str) -> float | None:
+    """``text`` as a finite float when it is a plain number like ``1e-5`` (not ``nan``, ``inf`` or words)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and any(c.isdigit() for c in text) else None
+
+
 def help_text(cls: type = TrainConfig) -> str:
     """One line per field: name, default and help, for ``aligngym train --help``."""
     lines = []
@@ -164,8 +174,13 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
                 continue
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             data[key] = float(value)
+        elif expected is float and isinstance(value, str) and _yaml11_float(value) is not None:
+            # YAML 1.1 reads 1e-5 (no dot) as a string; it is the usual way to write a learning rate.
+            data[key] = _yaml11_float(value)
         elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ConfigError(f"{path}: {key} must be {expected.__name__}, got {value!r}")
+        elif expected is float and not math.isfinite(value):
+            raise ConfigError(f"{path}: {key} must be a finite float, got {value!r}")
     config = TrainConfig(**data)
     config.validate()
     return config
