@@ -1,57 +1,22 @@
-"""Answer extraction and matching shared by question-answering environments and verifiers."""
+"""Helpers shared by question-answering environments: voting, fenced code blocks, task choice."""
 
 from __future__ import annotations
 
-import re
-import string
 from collections import Counter
 
-_LETTER_PAREN = re.compile(r"\(([A-Da-d])\)")
-_LETTER_SAID = re.compile(r"answer\s*(?:is|:)?\s*\(?([A-Da-d])\b", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_ANSWER_LINE = re.compile(r"answer\s*(?:is|:)\s*(.+)", re.IGNORECASE)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
+# Final-answer extraction and matching live in feedback (it owns reward signals); re-exported for envs.
+from aligngym.feedback.answers import is_number, normalize, parse_choice, parse_number, parse_short
 
-
-def normalize(text: str) -> str:
-    """Lower-case, drop punctuation and articles, squeeze spaces: the usual exact-match normalisation."""
-    text = text.lower().translate(str.maketrans("", "", string.punctuation))
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def parse_choice(text: str) -> str | None:
-    """The multiple-choice letter an answer commits to: the last ``(X)``, else ``answer is X``, else a lone letter."""
-    found = _LETTER_PAREN.findall(text)
-    if found:
-        return found[-1].upper()
-    found = _LETTER_SAID.findall(text)
-    if found:
-        return found[-1].upper()
-    stripped = text.strip().strip(".").strip()
-    return stripped.upper() if len(stripped) == 1 and stripped.upper() in "ABCD" else None
-
-
-def parse_number(text: str) -> str | None:
-    """The last number in the text, without thousands separators (``1,000`` -> ``1000``, ``2.50`` -> ``2.5``)."""
-    found = _NUMBER.findall(text)
-    if not found:
-        return None
-    value = found[-1].replace(",", "")
-    if "." in value:
-        value = value.rstrip("0").rstrip(".")
-    return value
-
-
-def parse_short(text: str) -> str:
-    """A short free-text answer: what follows the last ``Answer:``/``answer is``, else the last line."""
-    found = _ANSWER_LINE.findall(text)
-    candidate = found[-1] if found else (text.strip().splitlines() or [""])[-1]
-    return normalize(candidate)
-
-
-def is_number(text: str) -> bool:
-    """Whether a gold answer is numeric (then answers are compared as numbers)."""
-    return _NUMBER.fullmatch(text.strip().replace(",", "")) is not None
+__all__ = [
+    "fenced_blocks",
+    "is_number",
+    "majority",
+    "normalize",
+    "parse_choice",
+    "parse_number",
+    "parse_short",
+    "pick_task",
+]
 
 
 def majority(answers: list[str | None]) -> str | None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from aligngym.feedback.answers import final_value, gold_value, values_equal
+
 from .base import StepResult, TextEnv
 
-_INT = re.compile(r"[-+]?\d+")
+_DIGITS = frozenset("0123456789")
+_INT = re.compile(r"[-+]?[0-9]+")  # ASCII digits only: \d also matches other scripts' digits
 
 
 def op_result(a: int, op: str, b: int) -> int:
@@ -19,7 +22,8 @@ class ArithmeticEnv(TextEnv):
     """Answer ``a op b`` with the integer result; reward = correct + format_weight * format.
 
     Reward components:
-      - ``correct``: 1 if the first integer in the answer equals the result, else 0.
+      - ``correct``: 1 if the answer's final answer (the shared extraction of ``aligngym.feedback.answers``:
+        ``12``, ``**12**``, ``The sum is 12.``) equals the result, else 0; several numbers or a denial is 0.
       - ``format``: 1 if the whole answer is a bare integer no longer than any result of this env can be;
         otherwise half the fraction of its characters that are digits, so that a policy that has not yet
         learned the answer format still gets a graded signal.
@@ -60,12 +64,11 @@ class ArithmeticEnv(TextEnv):
 
     def turn(self, action: str) -> StepResult:
         text = action.strip()
-        match = _INT.search(text)
-        correct = float(match is not None and int(match.group()) == self.answer)
+        correct = float(values_equal(gold_value(str(self.answer)), final_value(text)))
         if _INT.fullmatch(text) and len(text) <= self.max_answer_chars:
             fmt = 1.0
         else:
-            fmt = 0.5 * sum(c.isdigit() for c in text) / len(text) if text else 0.0
+            fmt = 0.5 * sum(c in _DIGITS for c in text) / len(text) if text else 0.0
         reward = correct + self.format_weight * fmt
         if self.turns > 1:
             reward -= self.episode_reward  # later turns pay only the improvement

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .answers import is_number, majority, normalize, parse_choice, parse_number, parse_short
+from aligngym.feedback.answers import answers_agree, text_agree
+
+from .answers import is_number, majority, parse_choice, parse_number, parse_short
 from .datasets import load_rows
 from .multi_agent import MultiAgentTextEnv, RoundResult
 
@@ -58,7 +60,11 @@ class Question:
         return f"{self.question} {self.format_hint()}"
 
     def extract(self, text: str) -> str | None:
-        """The answer a response commits to, in canonical form (for voting and grading)."""
+        """The answer a response commits to, in canonical form (for voting and grading).
+
+        Numbers use the shared final-answer extraction (``aligngym.feedback.answers``): the final stated
+        number, none if the final statement lists several or denies one.
+        """
         if self.kind == "mc":
             return parse_choice(text)
         if self.kind == "number":
@@ -70,11 +76,11 @@ class Question:
         if answer is None:
             return False
         if self.kind == "number":
-            return parse_number(self.answer) == answer
+            return answers_agree(answer, self.answer)
         if self.kind == "mc":
             return answer == self.answer
-        gold = {normalize(self.answer), *(normalize(a) for a in self.aliases)}
-        return answer in gold or any(f" {g} " in f" {answer} " for g in gold if g)
+        # The gold phrase (or an alias) with at most filler words around it: "Paris London" is no answer.
+        return text_agree(answer, (self.answer, *self.aliases))
 
 
 def arithmetic_question(rng) -> Question:

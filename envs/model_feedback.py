@@ -271,6 +271,9 @@ class JudgeEnv(FeedbackEnv):
 class VerifierEnv(FeedbackEnv):
     """Solve a maths problem; reward = 1 if the final answer equals the gold answer as maths (``0.5`` = ``1/2``).
 
+    The final answer is read by the shared extraction (``aligngym.feedback.answers``): the last ``\\boxed{}``,
+    the text after the last ``Answer:`` / "the answer is", or else the last sentence with maths in it, so user
+    tasks need no answer-format instruction. Several different final answers, or a denied one, score 0.
     ``tasks`` is ``None`` for the seeded generator (``num_tasks`` distinct problems: multi-step arithmetic,
     linear equations, fractions, word problems), or user rows ``{"prompt", "answer"}`` / a JSONL path.
     Component: ``correct``.

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from aligngym.feedback.verifier import Verifier, extract_answer
+from aligngym.feedback.answers import extract_answer
+from aligngym.feedback.verifier import Verifier
 
 from .answers import is_number, pick_task
 from .base import Message, StepResult, TextEnv, run_sync
@@ -97,8 +98,9 @@ class ToolUseEnv(TextEnv):
     an exception. A message without a tool call is the final answer and ends the episode (terminated);
     ``max_turns`` ends it otherwise (truncated).
 
-    Reward components: ``answer`` (1 if the final answer matches the gold: numbers within a relative and
-    absolute 1e-6 by default, names after normalisation), ``format`` (fraction of tool calls that were
+    Reward components: ``answer`` (1 if the final answer, read by the shared ``aligngym.feedback.answers``
+    extraction, matches the gold: numbers within a relative and absolute 1e-6 by default, names after
+    normalisation; several different answers score 0), ``format`` (fraction of tool calls that were
     well-formed; 0 with no calls), ``tool_errors`` (malformed calls plus calls the tool failed), and
     ``tool_calls``. The reward, paid on the episode's last turn (0 before), is
     ``answer + 0.1 * format - 0.05 * min(tool_errors, 4)``.

@@ -20,9 +20,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from .answers import answers_agree, extract_answer
 from .base import FeedbackResult, Message
 from .judge import parse_score, render_chat
-from .verifier import answers_agree, extract_answer
 
 _MARKED_ANSWER = re.compile(r"\\boxed\{|answer\s*(?:is|:)", re.IGNORECASE)
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .answers import answers_agree, extract_answer
 from .base import FeedbackResult, Message
-from .verifier import answers_agree, extract_answer
 
 
 @dataclass

@@ -1,94 +1,45 @@
-"""Binary verifiers: is the response's answer the gold answer (exact, normalised, numeric, math-equivalent)?"""
+"""Binary verifiers: is the response's final answer the gold answer (exact, normalised, numeric, math-equivalent)?
+
+Extraction and comparison live in :mod:`aligngym.feedback.answers`, shared by every env that grades a final
+answer; this module only chooses how strictly to compare.
+"""
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from aligngym.envs.answers import normalize, parse_number
-
+from .answers import (
+    answers_agree,
+    extract_answer,
+    final_value,
+    gold_value,
+    is_number,
+    math_equal,
+    numbers_close,
+    parse_short,
+    text_agree,
+    values_equal,
+)
 from .base import FeedbackResult, Message
 
+__all__ = ["Mode", "Verifier", "answers_agree", "extract_answer", "math_equal"]
+
 Mode = Literal["exact", "normalized", "numeric", "math"]
-_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
-_ANSWER = re.compile(r"answer\s*(?:is|:)\s*(.+)", re.IGNORECASE)
-
-
-def extract_answer(text: str) -> str:
-    """The final answer of a response: the last ``\\boxed{...}``, else after the last ``Answer:``, else the last line."""
-    boxed = _BOXED.findall(text)
-    if boxed:
-        return boxed[-1].strip()
-    said = _ANSWER.findall(text)
-    if said:
-        return said[-1].strip().rstrip(".")
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
-
-
-# sympy's parser calls eval(), so model text must be reduced to plain arithmetic before it gets there:
-# only these characters, identifiers from this list, and no exponent big enough to hang simplify().
-_MATH_CHARS = re.compile(r"^[0-9A-Za-z+\-*/().,\s]{1,200}$")
-_IDENT = re.compile(r"[A-Za-z_]+")
-_SAFE_NAMES = {"sqrt", "pi", "E", "I", "sin", "cos", "tan", "log", "exp", "oo"}
-_BIG_POWER = re.compile(r"\*\*\s*(\(|\d{3,})|(\*\*.*){3,}")
-
-
-def _safe_math(text: str) -> str | None:
-    text = (
-        text.strip()
-        .strip("$")
-        .replace("^", "**")
-        .replace("\\cdot", "*")
-        .replace("\\left", "")
-        .replace("\\right", "")
-    )
-    text = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)", text).replace("\\", "")
-    if not _MATH_CHARS.match(text) or _BIG_POWER.search(text):
-        return None
-    if any(len(name) > 1 and name not in _SAFE_NAMES for name in _IDENT.findall(text)):
-        return None
-    return text
-
-
-def math_equal(a: str, b: str) -> bool:
-    """Whether two math expressions are equal (sympy), e.g. ``1/2`` and ``0.5``; unsafe or unparseable -> False."""
-    import sympy
-    from sympy.parsing.sympy_parser import parse_expr, standard_transformations
-
-    left, right = _safe_math(a), _safe_math(b)
-    if left is None or right is None:
-        return False
-    try:
-        parse = lambda t: parse_expr(t, transformations=standard_transformations, evaluate=True)  # noqa: E731
-        return bool(sympy.simplify(parse(left) - parse(right)) == 0)
-    except Exception:  # sympy raises many kinds on odd input; unparseable means not verified
-        return False
-
-
-_NUMERIC = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:\s*/\s*\d+)?")
-_VARIABLE = re.compile(r"^\s*[A-Za-z]\s*=\s*")
-
-
-def answers_agree(a: str, b: str) -> bool:
-    """Whether two extracted answers say the same: equal as maths (``1/2``, ``0.5``) or as normalised text.
-
-    A leading ``x =`` is ignored. Numbers are compared only as maths, because text normalisation drops
-    signs, points and slashes (``-5`` would equal ``5`` and ``16`` would equal ``1/6``).
-    """
-    a, b = _VARIABLE.sub("", a or "").strip().rstrip("."), _VARIABLE.sub("", b or "").strip().rstrip(".")
-    if not a or not b:
-        return False
-    if _NUMERIC.fullmatch(a) or _NUMERIC.fullmatch(b):
-        return math_equal(a, b)
-    return normalize(a) == normalize(b) or math_equal(a, b)
 
 
 @dataclass
 class Verifier:
-    """Correct / incorrect against ``gold`` (passed as context), in one of four matching modes."""
+    """Correct / incorrect against ``gold`` (passed as context), in one of four matching modes.
+
+    - ``exact``: the extracted final answer is the gold string.
+    - ``normalized``: a numeric gold is compared as a number; other golds as normalised text (the gold
+      phrase, optionally with filler words such as "it is").
+    - ``numeric``: one number within ``tolerance`` (relative and absolute) of the gold.
+    - ``math``: equal as maths (``1/2`` = ``0.5`` = ``\\frac{1}{2}``; ``2x + x`` = ``3x``) via math-verify;
+      a gold with no maths in it is compared as text.
+    In every mode a response that states several different final answers, or denies one, scores 0.
+    """
 
     mode: Mode = "normalized"
     tolerance: float = 1e-6
@@ -96,19 +47,17 @@ class Verifier:
 
     def check(self, response: str, gold: str) -> bool:
         """Whether ``response``'s final answer matches ``gold``."""
-        answer = extract_answer(response)
+        gold = str(gold).strip()
         if self.mode == "exact":
-            return answer == gold.strip()
-        if self.mode == "normalized":
-            if _NUMERIC.fullmatch(gold.strip()):
-                return answers_agree(answer, gold)  # text normalisation would drop signs, points and slashes
-            return normalize(answer) == normalize(gold)
+            return extract_answer(response) == gold
         if self.mode == "numeric":
-            got, want = parse_number(answer), parse_number(gold)
-            if got is None or want is None:
-                return False
-            return math.isclose(float(got), float(want), rel_tol=self.tolerance, abs_tol=self.tolerance)
-        return answers_agree(answer, gold)
+            return numbers_close(gold, final_value(response), self.tolerance)
+        if self.mode == "normalized" and not is_number(gold):
+            return text_agree(parse_short(response), [gold])
+        want = gold_value(gold)
+        if want is None:  # a gold with no maths in it ("Paris") is matched as text
+            return text_agree(parse_short(response), [gold])
+        return values_equal(want, final_value(response))
 
     async def ascore(self, messages: list[Message], response: str, **context: Any) -> FeedbackResult:
         """1.0 if correct else 0.0; ``context["gold"]`` is required."""
