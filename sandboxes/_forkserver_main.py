@@ -44,6 +44,7 @@ from typing import Any, NoReturn
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x20000, 0x8000000, 0x10000000, 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
+MNT_DETACH = 2
 PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 4, 24, 36, 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 CODE_DIR = "/.aligngym"
@@ -94,8 +95,15 @@ def _fresh_tmp(size: int, keep: list[str]) -> None:
     # Opened before the new tmpfs hides them; bound back from the descriptor (read-only flags come along).
     held = [(path, os.open(path, os.O_PATH | os.O_CLOEXEC)) for path in keep]
     try:
+        # One tmpfs behind both, so ``size`` bounds them together: it is charged to the sandbox's memory
+        # cgroup, and tmpfs pages are no process's, so the OOM killer would take an innocent run instead.
+        _mount("tmpfs", CODE_DIR, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0755")
         for target in FRESH_DIRS:
-            _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+            staged = os.path.join(CODE_DIR, target.strip("/").replace("/", "_"))
+            os.mkdir(staged)
+            os.chmod(staged, 0o1777)
+            _mount(staged, target, None, MS_BIND, None)
+        _check(_libc.umount2(CODE_DIR.encode(), MNT_DETACH), "umount staging")
         for path, fd in held:
             parent = os.path.dirname(path)
             os.makedirs(parent, 0o755, exist_ok=True)
@@ -107,6 +115,15 @@ def _fresh_tmp(size: int, keep: list[str]) -> None:
     finally:
         for _, fd in held:
             os.close(fd)
+
+
+def _volunteer_for_oom() -> None:
+    """Make the program the OOM killer's first choice, before the server (-1000) and the run's init."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass  # raising one's own score is always allowed; a /proc without it leaves the default
 
 
 def _drop_capabilities() -> None:
@@ -297,6 +314,7 @@ class Server:
             self.ctl.close()
             os.setsid()
             _prctl(PR_SET_DUMPABLE, 1)
+            _volunteer_for_oom()
             _drop_capabilities()
             _deny_user_namespaces()
             stdin = fds[3] if job["stdin"] else os.open(os.devnull, os.O_RDONLY)

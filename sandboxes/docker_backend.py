@@ -11,16 +11,20 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import PurePosixPath
 
+from . import docker_transfer as transfer
 from .base import Language, RunResult, Sandbox, SandboxConfig, SandboxError
 from .docker_channel import ChannelClosed
 from .docker_pool import (  # noqa: F401  (re-exported: the backend's public and test-facing names)
     _EXECUTOR_SOURCE,
     _FILE_TIMEOUT_S,
+    _PING_TIMEOUT_S,
+    _REPLY_CAP_S,
     _REPLY_GRACE_S,
     _START_TIMEOUT_S,
     EXECUTOR_MEMORY_MB,
@@ -35,8 +39,8 @@ from .docker_pool import (  # noqa: F401  (re-exported: the backend's public and
     reap_orphans,
 )
 
-#: Error kinds the executor reports, as the exceptions a local sandbox would raise.
-_ERRORS = {"not_found": FileNotFoundError}
+#: Stdin up to this size travels inside the run request; larger, it is staged first in chunks.
+_INLINE_STDIN_BYTES = 1 << 20
 
 
 def _check_path(path: str) -> None:
@@ -48,10 +52,33 @@ def _check_path(path: str) -> None:
         )
 
 
-def _raise_for(reply: dict) -> dict:
-    if error := reply.get("error"):
-        raise _ERRORS.get(error["kind"], SandboxError)(error["message"])
-    return reply
+async def _watch(container: _Container, future: concurrent.futures.Future, limit: float) -> dict:
+    """A run's reply, or TimeoutError once the executor is stuck: silent to a ping, or far past ``limit``.
+
+    The executor kills a run at its limit and replies a moment later; a reply still missing after
+    ``_REPLY_GRACE_S`` means a loaded executor or a stuck one, and a ping tells them apart.
+    """
+    reply = asyncio.wrap_future(future)
+    hard_deadline = time.monotonic() + limit + _REPLY_CAP_S
+    wait_s = limit + _REPLY_GRACE_S
+    while True:
+        await asyncio.wait({reply}, timeout=wait_s)
+        if reply.done():
+            return reply.result()
+        if time.monotonic() >= hard_deadline:
+            raise TimeoutError
+        rid, pong = container.channel.submit({"op": "ping"})
+        answered = asyncio.wrap_future(pong)
+        await asyncio.wait({reply, answered}, timeout=_PING_TIMEOUT_S)
+        container.channel.forget(rid)
+        if reply.done():
+            return reply.result()
+        if not answered.done():
+            answered.cancel()
+            raise TimeoutError
+        if (closed := answered.exception()) is not None:  # ChannelClosed: the executor is gone
+            raise closed
+        wait_s = min(_REPLY_GRACE_S, max(0.0, hard_deadline - time.monotonic()))
 
 
 class DockerSandbox(Sandbox):
@@ -62,6 +89,7 @@ class DockerSandbox(Sandbox):
         self._closed = True  # until a container is held there is nothing to close
         self._pool = pool or default_pool()
         self._swap_lock = threading.Lock()
+        self._wrote_to: _Container | None = None  # the container that write_files last wrote into
         self._container: _Container = self._pool.acquire(_Spec.of(self.config))
         self._closed = False
 
@@ -126,11 +154,14 @@ class DockerSandbox(Sandbox):
                 )
         data = stdin.encode() if isinstance(stdin, str) else stdin
         cfg, started = self.config, time.monotonic()
+        inline = data is not None and len(data) <= _INLINE_STDIN_BYTES
+        stage = None if data is None or inline else os.urandom(8).hex()
         request = {
             "op": "run",
             "language": language,
             "code": code,
-            "stdin": None if data is None else base64.b64encode(data).decode(),
+            "stdin": bool(inline),  # inline: the request's payload
+            "stdin_stage": stage,
             "timeout": limit,
             "cap": cfg.max_output_bytes,
             "fsize": cfg.max_file_bytes,
@@ -138,16 +169,31 @@ class DockerSandbox(Sandbox):
             "isolated": isolated,
         }
         try:
-            if len(code) + len(data or b"") > 1 << 16:
-                rid, future = await asyncio.to_thread(container.channel.submit, request)
+            if stage is not None:
+                assert data is not None
+                staging = asyncio.ensure_future(
+                    asyncio.to_thread(transfer.stage_stdin, container.channel, stage, data, _FILE_TIMEOUT_S)
+                )
+                try:
+                    await asyncio.shield(staging)
+                except asyncio.CancelledError:
+                    # The thread still sends its chunks: drop the staged stdin once it is done.
+                    staging.add_done_callback(lambda _: transfer.unstage(container.channel, stage))
+                    raise
+            payload = data if inline and data else b""
+            if len(code) + len(payload) > 1 << 16:
+                rid, future = await asyncio.to_thread(container.channel.submit, request, payload)
             else:
-                rid, future = container.channel.submit(request)
-        except ChannelClosed as exc:
+                rid, future = container.channel.submit(request, payload)
+        except transfer.ExecutorHung as exc:
+            return self._lost(container, str(exc), started, kill=True)
+        except SandboxError as exc:  # ChannelClosed included
             return self._lost(container, str(exc), started)
         try:
-            reply = await asyncio.wait_for(asyncio.wrap_future(future), limit + _REPLY_GRACE_S)
+            reply = await _watch(container, future, limit)
         except TimeoutError:
-            return self._lost(container, "the executor did not answer", started)
+            container.channel.forget(rid)
+            return self._lost(container, "the executor stopped answering", started, kill=True)
         except ChannelClosed as exc:
             return self._lost(container, str(exc), started)
         except asyncio.CancelledError:
@@ -162,8 +208,10 @@ class DockerSandbox(Sandbox):
             truncated=reply.get("truncated", False),
         )
 
-    def _lost(self, container: _Container, why: str, started: float) -> RunResult:
+    def _lost(self, container: _Container, why: str, started: float, kill: bool = False) -> RunResult:
         container.broken = True  # the next run gets a fresh container
+        if kill:  # a hung executor cannot end the run's programs: the container goes now, with them
+            threading.Thread(target=self._pool.kill, args=(container,), daemon=True).start()
         if self._closed:
             why = "the sandbox was closed during the run"
         return RunResult(
@@ -173,26 +221,54 @@ class DockerSandbox(Sandbox):
         )
 
     def write_files(self, files: Mapping[str, str | bytes]) -> None:
-        """Write files (paths relative to ``/sandbox``) for later runs to read."""
+        """Write files (paths relative to ``/sandbox``) for later runs to read; an error names what was not."""
         self._check_open()
-        limit, encoded = self.config.max_file_bytes, []
+        limit, checked = self.config.max_file_bytes, []
         for path, content in files.items():
             _check_path(path)
             data = content.encode() if isinstance(content, str) else bytes(content)
             if len(data) > limit:
                 raise SandboxError(f"{path!r} is {len(data)} bytes, over the {limit}-byte file limit")
-            encoded.append([path, base64.b64encode(data).decode()])
-        request = {"op": "write", "files": encoded, "max_bytes": limit}
-        _raise_for(self._usable_container().channel.call(request, _FILE_TIMEOUT_S))
+            checked.append((path, data))
+        container = self._usable_container()
+        for index, (path, data) in enumerate(checked):
+            try:
+                self._transfer(container, transfer.write_file, path, data, limit)
+            except (SandboxError, OSError) as exc:
+                done = ", ".join(repr(p) for p, _ in checked[:index]) or "none"
+                rest = ", ".join(repr(p) for p, _ in checked[index + 1 :]) or "none"
+                gone = (
+                    " (the container was lost: files written before are gone too)" if container.broken else ""
+                )
+                raise type(exc)(
+                    f"{path!r} was not written: {exc}{gone}; written: {done}; not written: {rest}"
+                ) from exc
+        self._wrote_to = container
 
     def read_bytes(self, path: str) -> bytes:
         """Return the bytes of a file in ``/sandbox`` (at most ``max_file_mb``)."""
         self._check_open()
         _check_path(path)
-        request = {"op": "read", "path": path, "max_bytes": self.config.max_file_bytes}
-        return base64.b64decode(
-            _raise_for(self._usable_container().channel.call(request, _FILE_TIMEOUT_S))["data"]
-        )
+        container = self._usable_container()
+        try:
+            return self._transfer(container, transfer.read_file, path, self.config.max_file_bytes)
+        except FileNotFoundError as exc:
+            if self._wrote_to is not None and self._wrote_to is not container:
+                raise FileNotFoundError(
+                    f"{exc} (files written earlier are gone: the sandbox's container failed and was replaced)"
+                ) from exc
+            raise
+
+    def _transfer(self, container: _Container, move: Callable, *args: object) -> object:
+        """``move(channel, *args, timeout)``; a hung executor's container is killed, a dead one replaced later."""
+        try:
+            return move(container.channel, *args, _FILE_TIMEOUT_S)
+        except transfer.ExecutorHung:
+            self._pool.kill(container)
+            raise
+        except ChannelClosed:
+            container.broken = True
+            raise
 
     def close(self) -> None:
         """Kill running programs and remove the container; calling it again does nothing."""

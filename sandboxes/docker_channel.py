@@ -43,6 +43,7 @@ class _Channel:
 
     def _read_loop(self) -> None:
         reason, buf = "the executor closed its channel", bytearray()
+        waiting: dict | None = None  # a message whose raw payload has not all arrived yet
         try:
             # Docker multiplexes a non-tty container's output: 8-byte headers (stream, size) before each chunk.
             while (header := self._recv_exact(8)) is not None:
@@ -51,13 +52,28 @@ class _Channel:
                     self.stderr_tail = (self.stderr_tail + payload)[-8192:]
                     continue
                 buf += payload
-                while len(buf) >= 4 and len(buf) >= 4 + (size := struct.unpack(">I", buf[:4])[0]):
-                    self._deliver(json.loads(buf[4 : 4 + size]))
-                    del buf[: 4 + size]
+                waiting = self._drain(buf, waiting)
         except (OSError, ValueError) as exc:
             reason = f"channel error: {exc}"
         finally:
             self._fail(reason)
+
+    def _drain(self, buf: bytearray, waiting: dict | None) -> dict | None:
+        """Deliver every whole message in ``buf`` (consuming it); the one still short of payload bytes, if any."""
+        while True:
+            if waiting is None:
+                if len(buf) < 4 or len(buf) < 4 + (size := struct.unpack(">I", buf[:4])[0]):
+                    return None
+                waiting = json.loads(buf[4 : 4 + size])
+                del buf[: 4 + size]
+            need = waiting.get("size") or 0
+            if len(buf) < need:
+                return waiting
+            if need:  # raw bytes after the JSON (a file chunk read back): no base64 to decode
+                waiting["payload"] = bytes(buf[:need])
+                del buf[:need]
+            self._deliver(waiting)
+            waiting = None
 
     def _deliver(self, message: dict) -> None:
         if message.get("op") == "hello":
@@ -82,16 +98,19 @@ class _Channel:
     def alive(self) -> bool:
         return self.error is None
 
-    def submit(self, message: dict) -> tuple[int, concurrent.futures.Future]:
-        """Send a request; returns its id and a future of the reply."""
+    def submit(self, message: dict, payload: bytes = b"") -> tuple[int, concurrent.futures.Future]:
+        """Send a request, then ``payload`` raw (its ``size`` told); returns its id and a future of the reply."""
         rid, future = next(self._ids), concurrent.futures.Future()
-        data = json.dumps({**message, "id": rid}).encode()
+        extra = {"size": len(payload)} if payload else {}
+        data = json.dumps({**message, **extra, "id": rid}).encode()
         with self._send_lock:
             if self.error is not None:
                 raise ChannelClosed(self.error)
             self._pending[rid] = future
             try:
                 self._sock.sendall(struct.pack(">I", len(data)) + data)
+                if payload:
+                    self._sock.sendall(payload)
             except OSError as exc:
                 self._pending.pop(rid, None)
                 raise ChannelClosed(f"could not reach the executor: {exc}") from exc
@@ -105,6 +124,10 @@ class _Channel:
         except concurrent.futures.TimeoutError:
             self._pending.pop(rid, None)
             raise SandboxError(f"the executor did not answer {message['op']!r} in {timeout:.0f}s") from None
+
+    def forget(self, rid: int) -> None:
+        """Stop waiting for a request's reply (one that came too late is dropped)."""
+        self._pending.pop(rid, None)
 
     def cancel(self, rid: int) -> None:
         """Forget a request and ask the executor to kill its run."""

@@ -26,8 +26,10 @@ EXECUTOR_MEMORY_MB = 32
 _EXECUTOR_SOURCE = Path(__file__).with_name("executor.py").read_text()
 _START_TIMEOUT_S = 60.0
 _SLOT_POLL_S = 0.2
-_REPLY_GRACE_S = 15.0  # past a run's own limit before the executor counts as hung
-_FILE_TIMEOUT_S = 120.0
+_REPLY_GRACE_S = 3.0  # past a run's own limit before the host asks whether the executor still answers
+_PING_TIMEOUT_S = 2.0  # a live executor answers a ping at once; silence this long means it is stuck
+_REPLY_CAP_S = 15.0  # past a run's limit, even an executor that answers pings counts as hung
+_FILE_TIMEOUT_S = 30.0  # for one chunk of a file transfer (at most a few MiB)
 
 
 def owner_labels() -> dict[str, str]:
@@ -306,6 +308,14 @@ class DockerPool:
         """Remove a broken container and start a fresh one for the same spec in its slot (kept even on failure)."""
         self._remove(container)
         return self._create(self.client, container.spec)
+
+    def kill(self, container: _Container) -> None:
+        """SIGKILL a hung container's pid 1 now (every program in it dies too); it is removed when replaced."""
+        import docker
+
+        container.broken = True
+        with contextlib.suppress(docker.errors.APIError):
+            self.client.api.kill(container.id)
 
     def release(self, container: _Container) -> None:
         """Remove a sandbox's container (never reused: its files and processes are the last user's) and free its slot."""

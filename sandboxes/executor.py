@@ -1,7 +1,8 @@
 """The docker sandbox's in-container executor: runs programs on request, speaking length-prefixed JSON on stdio.
 
 Started as the container's pid 1 by ``python3 -I -S -c <this file>``; stdlib only, Python >= 3.8, so it
-runs in any image with a ``python3``. Requests and replies are a 4-byte big-endian length and a JSON object.
+runs in any image with a ``python3``. Requests and replies are a 4-byte big-endian length and a JSON object,
+then, when the object has a ``size``, that many raw bytes (a file chunk, a run's stdin).
 """
 
 import asyncio
@@ -18,6 +19,8 @@ import time
 ROOT = "/sandbox"
 CODE_PREFIX = "/tmp/.aligngym-code-"
 CHUNK = 65536
+CHUNK_MAX = 4 << 20  # most bytes one read reply carries
+READ_BUFFER = 256 << 10  # the channel reads ahead up to twice this (fewer pauses than the 64 KiB default)
 GRACE_S = 1.0
 SUFFIX = {"python": ".py", "bash": ".sh"}
 RUNNER = {"python": "python3", "bash": "bash"}
@@ -30,7 +33,14 @@ ISOLATED_ENV = {
     "PYTHONNOUSERSITE": "1",
     "PYTHONSAFEPATH": "1",
 }
-MEMORY_MARKERS = (b"memoryerror", b"cannot allocate memory", b"out of memory", b"bad_alloc")
+# ENOSPC too: all a run can write (/sandbox, /tmp) is tmpfs, charged to the container's memory.
+MEMORY_MARKERS = (
+    b"memoryerror",
+    b"cannot allocate memory",
+    b"out of memory",
+    b"bad_alloc",
+    b"no space left on device",
+)
 OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 # Used where util-linux's prlimit is missing: applies "NAME=VALUE,..." and execs the rest of argv.
 RLIMIT_SHIM = (
@@ -88,33 +98,70 @@ def resolve(path):
     return full
 
 
-def write_files(files, max_bytes):
-    for path, encoded in files:
-        data = base64.b64decode(encoded)
-        if len(data) > max_bytes:
-            raise Refused("too_large", f"{path!r} is over the {max_bytes}-byte file limit")
-        full = resolve(path)
-        os.makedirs(os.path.dirname(full), 0o755, exist_ok=True)
-        # O_NOFOLLOW: a symlink swapped in after the check is refused; O_NONBLOCK: a planted FIFO cannot hang us.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        fd = os.open(full, flags, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            if not _is_regular(f.fileno()):
-                raise Refused("not_regular", f"{path!r} is not a regular file")
-            f.write(data)
+def write_chunk(path, offset, data, max_bytes):
+    """Write one chunk of a file at ``offset`` (0 starts the file afresh); files come in chunks, so a big
+    transfer never holds more than one chunk in this process (its memory is the container's)."""
+    if offset < 0 or offset + len(data) > max_bytes:
+        raise Refused("too_large", f"{path!r} is over the {max_bytes}-byte file limit")
+    full = resolve(path)
+    os.makedirs(os.path.dirname(full), 0o755, exist_ok=True)
+    # O_NOFOLLOW: a symlink swapped in after the check is refused; O_NONBLOCK: a planted FIFO cannot hang us.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(full, flags | (os.O_TRUNC if offset == 0 else 0), 0o644)
+    try:
+        if not _is_regular(fd):
+            raise Refused("not_regular", f"{path!r} is not a regular file")
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+    finally:
+        os.close(fd)
     return {}
 
 
-def read_file(path, max_bytes):
+def read_chunk(path, offset, length, max_bytes):
+    """Up to ``length`` bytes of a file from ``offset``, with the file's size (refused past ``max_bytes``)."""
     full = resolve(path)
     fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        if not _is_regular(f.fileno()):
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise Refused("not_regular", f"{path!r} is not a regular file")
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise Refused("too_large", f"{path!r} is over the {max_bytes}-byte file limit")
-    return {"data": base64.b64encode(data).decode()}
+        if info.st_size > max_bytes:
+            raise Refused("too_large", f"{path!r} is over the {max_bytes}-byte file limit")
+        data = os.pread(fd, min(length, CHUNK_MAX), offset)
+    finally:
+        os.close(fd)
+    return {"file_size": info.st_size}, data
+
+
+def write_code(code, suffix):
+    """A fresh directory holding the program file: (directory, file).
+
+    Runs share our uid and /tmp, so a run could plant a FIFO or symlink where a later run's code goes: the
+    name is random, and the file is created with O_EXCL|O_NOFOLLOW|O_NONBLOCK (a plant that wins the race
+    only costs a retry; nothing can make us block or write elsewhere).
+    """
+    for _ in range(8):
+        code_dir = CODE_PREFIX + os.urandom(8).hex()
+        try:
+            os.mkdir(code_dir, 0o700)
+            path = os.path.join(code_dir, "main" + suffix)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(code)
+        return code_dir, path
+    raise OSError("could not create a fresh directory for the program")
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _is_regular(fd):
@@ -164,10 +211,47 @@ class Executor:
         self.tokens = set()  # ALIGNGYM_RUN values of runs in flight (inherited by their daemons)
         self.tasks = {}  # request id -> task of a run
         self.prlimit = shutil.which("prlimit")
+        self.staged = {}  # stage id -> memfd holding a run's stdin, sent ahead in chunks
 
-    def send(self, message):
+    def stage(self, sid, data):
+        """Append a chunk to the stdin staged as ``sid`` (a memfd: no path a program could plant on)."""
+        if sid not in self.staged:
+            self.staged[sid] = os.memfd_create("stdin", os.MFD_CLOEXEC)
+        _write_all(self.staged[sid], data)
+        return {}
+
+    def unstage(self, sid):
+        fd = self.staged.pop(sid, None)
+        if fd is not None:
+            os.close(fd)
+        return {}
+
+    def stdin_fd(self, request):
+        """The run's stdin: its staged memfd, one holding the inline bytes, or /dev/null."""
+        if request.get("stdin_stage") is not None:
+            fd = self.staged.pop(request["stdin_stage"], None)
+            if fd is None:
+                raise Refused("not_staged", "the run's stdin was not staged")
+        elif request.get("stdin"):  # the request's payload is the stdin
+            fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
+            try:
+                _write_all(fd, request.get("payload", b""))
+            except BaseException:
+                os.close(fd)
+                raise
+        else:
+            return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+    def send(self, message, payload=b""):
+        """A reply: length-prefixed JSON, then ``size`` raw bytes when there is a payload (no base64)."""
+        if payload:
+            message["size"] = len(payload)
         data = json.dumps(message).encode()
         self.transport.write(struct.pack(">I", len(data)) + data)
+        if payload:
+            self.transport.write(payload)
 
     def reap(self):
         while True:
@@ -230,12 +314,21 @@ class Executor:
             task = self.tasks.get(request.get("target"))
             if task is not None:
                 task.cancel()
-        elif op in ("write", "read", "ping"):
+        elif op in ("write", "read", "stage", "unstage", "ping"):
+            payload = b""
             try:
                 if op == "write":
-                    reply = write_files(request["files"], request["max_bytes"])
+                    reply = write_chunk(
+                        request["path"], request["offset"], request.get("payload", b""), request["max_bytes"]
+                    )
                 elif op == "read":
-                    reply = read_file(request["path"], request["max_bytes"])
+                    reply, payload = read_chunk(
+                        request["path"], request["offset"], request["length"], request["max_bytes"]
+                    )
+                elif op == "stage":
+                    reply = self.stage(request["stage"], request.get("payload", b""))
+                elif op == "unstage":
+                    reply = self.unstage(request["stage"])
                 else:
                     reply = {}
             except Refused as exc:
@@ -245,7 +338,7 @@ class Executor:
             except OSError as exc:
                 reply = {"error": {"kind": "os", "message": str(exc)}}
             reply["id"] = rid
-            self.send(reply)
+            self.send(reply, payload if "error" not in reply else b"")
 
     async def run_and_reply(self, request):
         try:
@@ -286,16 +379,14 @@ class Executor:
         # A double-forked daemon leaves its run's session and is reparented to us (pid 1), so ancestry cannot
         # tell whose it is; the inherited marker can (forging another run's only delays its death to that end).
         token = env["ALIGNGYM_RUN"] = os.urandom(8).hex()
-        # A directory no earlier run could have prepared (runs share our uid and /tmp): a fresh random name.
-        code_dir = CODE_PREFIX + os.urandom(8).hex()
-        os.mkdir(code_dir, 0o700)
-        code_file = os.path.join(code_dir, "main" + SUFFIX[request["language"]])
-        with open(code_file, "x", encoding="utf-8") as f:
-            f.write(request["code"])
-        stdin = base64.b64decode(request["stdin"]) if request.get("stdin") is not None else None
+        code_dir, code_file = write_code(request["code"], SUFFIX[request["language"]])
+        try:
+            in_r = self.stdin_fd(request)
+        except BaseException:
+            shutil.rmtree(code_dir, ignore_errors=True)
+            raise
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        in_r, in_w = os.pipe() if stdin is not None else (os.open(os.devnull, os.O_RDONLY), None)
         actions = [
             (os.POSIX_SPAWN_DUP2, in_r, 0),
             (os.POSIX_SPAWN_DUP2, out_w, 1),
@@ -316,9 +407,8 @@ class Executor:
                 setsigmask=(),
             )
         except OSError as exc:
-            for fd in (out_r, err_r, in_w):
-                if fd is not None:
-                    os.close(fd)
+            for fd in (out_r, err_r):
+                os.close(fd)
             shutil.rmtree(code_dir, ignore_errors=True)
             return {"status": "sandbox_error", "stderr": _b64(f"could not start: {exc}".encode())}
         finally:
@@ -343,7 +433,6 @@ class Executor:
         cap = request["cap"]
         out, err, overflow = bytearray(), bytearray(), asyncio.Event()
         pumps = [_pump(loop, out_r, out, cap, overflow), _pump(loop, err_r, err, cap, overflow)]
-        feeder = _feed(loop, in_w, stdin) if in_w is not None else None
         flagged = asyncio.ensure_future(overflow.wait())
         killed = timed_out = False
         try:
@@ -362,7 +451,7 @@ class Executor:
             kill_group(pid)
             self.sweep()
             await asyncio.wait([p for p, _ in pumps], timeout=GRACE_S)
-            for _, close in pumps + ([feeder] if feeder else []):
+            for _, close in pumps:
                 close()
             flagged.cancel()
             shutil.rmtree(code_dir, ignore_errors=True)
@@ -430,37 +519,10 @@ def _pump(loop, fd, buf, cap, overflow):
     return done, close
 
 
-def _feed(loop, fd, data):
-    """Write ``data`` to ``fd`` without blocking, then close it; a program that never reads it is fine."""
-    view = memoryview(data)
-    os.set_blocking(fd, False)
-    state = {"open": True}
-
-    def close():
-        if state["open"]:
-            state["open"] = False
-            loop.remove_writer(fd)
-            os.close(fd)
-
-    def on_writable():
-        nonlocal view
-        try:
-            view = view[os.write(fd, view[:CHUNK]) :]
-        except BlockingIOError:
-            return
-        except OSError:
-            view = view[:0]
-        if not view:
-            close()
-
-    loop.add_writer(fd, on_writable)
-    return None, close
-
-
 async def main():
     loop = asyncio.get_running_loop()
     undumpable = make_undumpable()
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=READ_BUFFER)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", 0))
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(1, "wb", 0))
     executor = Executor(transport)
@@ -480,7 +542,10 @@ async def main():
     try:
         while True:
             size = struct.unpack(">I", await reader.readexactly(4))[0]
-            executor.dispatch(json.loads(await reader.readexactly(size)))
+            request = json.loads(await reader.readexactly(size))
+            if request.get("size"):  # raw bytes follow (file chunks, stdin): never base64 in JSON
+                request["payload"] = await reader.readexactly(request["size"])
+            executor.dispatch(request)
     except asyncio.IncompleteReadError:
         pass  # the host went away: pid 1 exits and the kernel kills everything else
     for task in list(executor.tasks.values()):

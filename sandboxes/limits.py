@@ -63,9 +63,7 @@ def describe(mode: str, *, cgroup: bool, network: bool, fork_server: bool) -> di
     isolated = mode != "none"
     if fork_server:
         # RLIMIT_NPROC counts the run's own user namespace; a cgroup, when there is one, holds the sandbox.
-        memory, pids = (
-            ("rlimit_as+cgroup", "rlimit_nproc+cgroup") if cgroup else ("rlimit_as", "rlimit_nproc")
-        )
+        memory, pids = ("cgroup", "rlimit_nproc+cgroup") if cgroup else ("rlimit_as", "rlimit_nproc")
     else:
         # The kernel exempts host uid 0 from RLIMIT_NPROC, and outside a user namespace it counts every
         # process of the host user, so it only means "this run's processes" in these two cases.

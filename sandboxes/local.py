@@ -72,9 +72,23 @@ def _check_extra_paths(paths: list[str]) -> None:
             raise SandboxError(f"SandboxConfig.extra_ro_paths: {path!r} would cover the sandbox's own mounts")
 
 
+#: The server (and each run's init, which inherits it) is the OOM killer's last choice; programs volunteer
+#: first (1000). Lowering needs CAP_SYS_RESOURCE: elsewhere the shell's write fails and nothing changes.
+_SPARED_BY_OOM = ["/bin/sh", "-c", 'echo -1000 > /proc/self/oom_score_adj 2>/dev/null; exec "$@"', "sh"]
+
+
 def _server_argv(ctl_fd: int, *, cgroup: limits.Cgroup | None, **options: Any) -> list[str]:
-    argv = bwrap.server_argv(ctl_fd=ctl_fd, **options)
+    argv = [*_SPARED_BY_OOM, *bwrap.server_argv(ctl_fd=ctl_fd, **options)]
     return cgroup.wrap(argv) if cgroup is not None else argv
+
+
+def server_tmp_bytes(memory_mb: int) -> int:
+    """Size of the one tmpfs behind a fork-server run's /tmp and /dev/shm: half the sandbox's memory.
+
+    It is charged to the sandbox's memory cgroup, which the server and concurrent runs share; bounded so,
+    a run that fills it gets ENOSPC (status ``memory``) and leaves room for the others.
+    """
+    return (memory_mb << 20) // 2
 
 
 class LocalSandbox(Sandbox):
@@ -182,8 +196,11 @@ class LocalSandbox(Sandbox):
     ) -> RunResult | None:
         """Run through the fork server (started, or restarted, on demand); None when it is unsupported here."""
         cfg = self.config
+        # Where the sandbox's cgroup enforces memory, no RLIMIT_AS: it counts address space, so each thread's
+        # reserved stack, and a 512 MiB limit let a program start only a dozen threads.
+        memory = cfg.memory_mb << 20 if self._cgroup_parent is None else None
         rlimits = limits.run_rlimits(
-            limit, cfg.max_file_bytes, memory_bytes=cfg.memory_mb << 20, nproc=cfg.pids, nofile=_NOFILE
+            limit, cfg.max_file_bytes, memory_bytes=memory, nproc=cfg.pids, nofile=_NOFILE
         )
         source = code.encode()
         for _ in range(2):  # a server found dead took nothing: start a fresh one and send the run there
@@ -238,7 +255,7 @@ class LocalSandbox(Sandbox):
                 script=script,
                 network=cfg.network,
                 env=bwrap.program_env(bwrap.SANDBOX_DIR, cfg.env),
-                tmp_bytes=cfg.memory_mb << 20,
+                tmp_bytes=server_tmp_bytes(cfg.memory_mb),
                 extra_ro_paths=tuple(cfg.extra_ro_paths),
                 cgroup=cgroup,
             )

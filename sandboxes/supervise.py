@@ -12,7 +12,14 @@ from .base import RunResult, Status
 from .limits import Cgroup
 
 _CHUNK = 64 * 1024
-_MEMORY_MARKERS = (b"memoryerror", b"cannot allocate memory", b"out of memory", b"bad_alloc")
+# ENOSPC too: everything a run can write (working directory, /tmp, /dev/shm) is a tmpfs, i.e. its memory.
+_MEMORY_MARKERS = (
+    b"memoryerror",
+    b"cannot allocate memory",
+    b"out of memory",
+    b"bad_alloc",
+    b"no space left on device",
+)
 # How long to keep reading output after the process exited: an escaped unisolated daemon may hold the pipes.
 _GRACE_S = 1.0
 

