@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -39,3 +40,29 @@ NEEDS_DOCKER = [
         not docker_up(), reason="no Docker daemon (docker info fails); start one: .ci/dockerd.sh"
     ),
 ]
+
+
+def barrier_program(tag: str, i: int, n: int) -> str:
+    """A run that checks in and waits (up to 25 s) until all ``n`` runs tagged ``tag`` have: only runs in
+    flight together can all print ``i True``; one after another, the first would wait alone and say False."""
+    return (
+        "import os, time\n"
+        f"open('{tag}-{i}', 'w').close()\n"
+        "deadline = time.monotonic() + 25\n"
+        f"while sum(f.startswith('{tag}-') for f in os.listdir('.')) < {n} and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        f"print({i}, sum(f.startswith('{tag}-') for f in os.listdir('.')) >= {n})\n"
+    )
+
+
+def pids_with(marker: str) -> list[int]:
+    """Host processes whose command line holds ``marker`` (container processes are host processes too)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found

@@ -16,6 +16,7 @@ import textwrap
 import time
 
 import pytest
+from _helpers import barrier_program, docker_up
 
 from aligngym.sandboxes import (
     DockerPool,
@@ -30,21 +31,10 @@ from aligngym.sandboxes import (
 from aligngym.sandboxes import docker_backend as backend
 from aligngym.sandboxes.owner import start_stamp
 
-
-def _daemon_up() -> bool:
-    try:
-        import docker
-
-        docker.from_env(timeout=5).ping()
-        return True
-    except Exception:
-        return False
-
-
 pytestmark = [
     pytest.mark.docker,
     pytest.mark.skipif(
-        not _daemon_up(), reason="no Docker daemon (docker info fails); start one: .ci/dockerd.sh"
+        not docker_up(), reason="no Docker daemon (docker info fails); start one: .ci/dockerd.sh"
     ),
 ]
 
@@ -70,19 +60,6 @@ def sb(image):
 
 def _mine(client, pid: int) -> list[dict]:
     return client.api.containers(all=True, filters={"label": f"aligngym.owner_pid={pid}"})
-
-
-def _barrier(tag: str, i: int, n: int) -> str:
-    """A run that checks in and waits (up to 25 s) until all ``n`` runs tagged ``tag`` have: only runs in
-    flight together can all print ``i True``; one after another, the first would wait alone and say False."""
-    return (
-        "import os, time\n"
-        f"open('{tag}-{i}', 'w').close()\n"
-        "deadline = time.monotonic() + 25\n"
-        f"while sum(f.startswith('{tag}-') for f in os.listdir('.')) < {n} and time.monotonic() < deadline:\n"
-        "    time.sleep(0.01)\n"
-        f"print({i}, sum(f.startswith('{tag}-') for f in os.listdir('.')) >= {n})\n"
-    )
 
 
 # -- running ----------------------------------------------------------------------------------------
@@ -149,7 +126,9 @@ def test_cancelled_arun_kills_its_program(sb):
 
 def test_concurrent_arun_with_gather(sb):
     async def main():
-        results = await asyncio.gather(*(sb.arun(_barrier("gather", i, 4), timeout=30) for i in range(4)))
+        results = await asyncio.gather(
+            *(sb.arun(barrier_program("gather", i, 4), timeout=30) for i in range(4))
+        )
         return results, sb.run("print('nested')")
 
     results, nested = asyncio.run(main())

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from _helpers import docker_up
 
 from aligngym.sandboxes import (
     LocalSandbox,
@@ -137,17 +138,7 @@ def test_default_config_is_the_one_these_tests_assume():
 
 
 # -- docker ------------------------------------------------------------------------------------------------
-def _docker_up() -> bool:
-    try:
-        import docker
-
-        docker.from_env(timeout=5).ping()
-        return True
-    except Exception:
-        return False
-
-
-needs_docker = pytest.mark.skipif(not _docker_up(), reason="no Docker daemon; start one: .ci/dockerd.sh")
+needs_docker = pytest.mark.skipif(not docker_up(), reason="no Docker daemon; start one: .ci/dockerd.sh")
 
 
 @pytest.fixture(scope="module")

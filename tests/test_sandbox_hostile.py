@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
+from _helpers import docker_up
 
 from aligngym.sandboxes import (
     LocalSandbox,
@@ -44,13 +45,6 @@ LIMITS = {"timeout": TIMEOUT, "memory_mb": 256, "pids": 64, "max_file_mb": FILE_
 KILL_GRACE_S = 1.0
 
 
-def _docker_up() -> bool:
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 BACKENDS = [
     pytest.param(
         "local",
@@ -62,7 +56,7 @@ BACKENDS = [
         id="docker",
         marks=[
             pytest.mark.docker,
-            pytest.mark.skipif(not _docker_up(), reason="`docker info` fails; start one: .ci/dockerd.sh"),
+            pytest.mark.skipif(not docker_up(), reason="`docker info` fails; start one: .ci/dockerd.sh"),
         ],
     ),
 ]

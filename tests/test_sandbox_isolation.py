@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from _helpers import docker_up, pids_with
 
 import aligngym.envs
 import aligngym.sandboxes
@@ -30,19 +31,8 @@ from aligngym.sandboxes import SandboxError, bwrap_available, make_sandbox
 from aligngym.sandboxes import bwrap as bwrap_mod
 from aligngym.sandboxes.pool import SandboxPool, get_pool
 
-
-def _docker_up() -> bool:
-    try:
-        import docker
-
-        docker.from_env(timeout=5).ping()
-        return True
-    except Exception:
-        return False
-
-
 needs_bwrap = pytest.mark.skipif(not bwrap_available(), reason="bubblewrap is not usable on this machine")
-_DOCKER = [pytest.mark.docker, pytest.mark.skipif(not _docker_up(), reason="no Docker daemon")]
+_DOCKER = [pytest.mark.docker, pytest.mark.skipif(not docker_up(), reason="no Docker daemon")]
 #: Backend name -> SandboxConfig overrides.
 KINDS = {
     "fork": ("local", {"use_bwrap": True}),
@@ -72,19 +62,6 @@ def _sandbox(kind: str, **extra):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the unisolated warning
         return make_sandbox(backend, **config)
-
-
-def _host_pids_with(marker: str) -> list[int]:
-    """Host processes whose command line holds ``marker`` (container processes are host processes too)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
 
 
 # -- isolated runs ------------------------------------------------------------------------------------
@@ -367,7 +344,7 @@ def test_reset_mid_episode_gives_the_next_episode_a_clean_sandbox(kind, how):
             env.reset(seed=1)
         else:
             asyncio.run(env.areset(seed=1))
-        assert _host_pids_with(marker) == []
+        assert pids_with(marker) == []
         _, reward, terminated, _, info = env.step(_clean_answer(marker))
         assert terminated and reward == 1.0, info
     finally:
@@ -399,13 +376,13 @@ def test_pool_reset_kills_runs_and_wipes_workdir_and_tmp(kind):
         runner = threading.Thread(target=lambda: ended.append(sb.run(f"exec -a {marker} sleep 300", "bash")))
         runner.start()
         deadline = time.monotonic() + 30
-        while not _host_pids_with(marker) and time.monotonic() < deadline:
+        while not pids_with(marker) and time.monotonic() < deadline:
             time.sleep(0.05)  # until the run has started
-        assert _host_pids_with(marker)
+        assert pids_with(marker)
         pool.release(sb)  # with that run still in flight
         runner.join(30)
         assert ended and ended[0].status != "ok", ended
-        assert _host_pids_with(marker) == []
+        assert pids_with(marker) == []
         again = pool.acquire()
         seen = again.run(
             "import os; print(sorted(os.listdir('.')), sorted(f for f in os.listdir('/tmp')"

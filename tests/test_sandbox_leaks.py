@@ -24,18 +24,12 @@ import time
 import uuid
 
 import pytest
+from _helpers import docker_up
 
 from aligngym.sandboxes import SandboxConfig, bwrap_available
 from aligngym.sandboxes.pool import SandboxPool
 
 pytestmark = pytest.mark.slow
-
-
-def _docker_up() -> bool:
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
 
 LOCAL = pytest.param(
@@ -48,7 +42,7 @@ DOCKER = pytest.param(
     id="docker",
     marks=[
         pytest.mark.docker,
-        pytest.mark.skipif(not _docker_up(), reason="`docker info` fails; start one: .ci/dockerd.sh"),
+        pytest.mark.skipif(not docker_up(), reason="`docker info` fails; start one: .ci/dockerd.sh"),
     ],
 )
 

@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from _helpers import barrier_program, pids_with
 
 from aligngym.sandboxes import (
     LocalSandbox,
@@ -85,31 +86,6 @@ def both_bwrap(request):
     sandbox = _make(request.param)
     yield sandbox
     sandbox.close()
-
-
-def _processes_with(marker: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
-def _barrier(tag: str, i: int, n: int) -> str:
-    """A run that checks in and waits (up to 25 s) until all ``n`` runs tagged ``tag`` have: only runs in
-    flight together can all print ``i True``; one after another, the first would wait alone and say False."""
-    return (
-        "import os, time\n"
-        f"open('{tag}-{i}', 'w').close()\n"
-        "deadline = time.monotonic() + 25\n"
-        f"while sum(f.startswith('{tag}-') for f in os.listdir('.')) < {n} and time.monotonic() < deadline:\n"
-        "    time.sleep(0.01)\n"
-        f"print({i}, sum(f.startswith('{tag}-') for f in os.listdir('.')) >= {n})\n"
-    )
 
 
 # -- running ----------------------------------------------------------------------------------------
@@ -192,7 +168,7 @@ time.sleep(60)
     r = bsb.run(code, timeout=1)
     assert r.status == "timeout"
     assert os.path.exists(os.path.join(bsb.workdir, "started.txt")), r.stderr
-    assert _processes_with(marker) == []
+    assert pids_with(marker) == []
     time.sleep(1.5)
     assert not os.path.exists(os.path.join(bsb.workdir, "late.txt"))
 
@@ -424,7 +400,9 @@ os.mkfifo('fifo')
 # -- async ------------------------------------------------------------------------------------------
 def test_arun_concurrent_runs_with_gather(sb):
     async def main():
-        results = await asyncio.gather(*(sb.arun(_barrier("gather", i, 4), timeout=30) for i in range(4)))
+        results = await asyncio.gather(
+            *(sb.arun(barrier_program("gather", i, 4), timeout=30) for i in range(4))
+        )
         nested = sb.run("print('from a running loop')")  # run() must work while a loop is running
         return results, nested
 
@@ -680,7 +658,7 @@ print("started")
 """
     r = bsb.run(code)
     assert (r.status, r.stdout) == ("ok", "started\n"), r.stderr
-    assert _processes_with(marker) == []
+    assert pids_with(marker) == []
     # nothing of the sandbox is left but bwrap and the server
     left = _sandbox_processes(bsb)
     assert len(left) == 3 and all("forkserver.py" in cmd for cmd in left), left
@@ -721,7 +699,7 @@ def test_stdin_delivered_whole_or_empty(bsb):
 def test_concurrent_runs_on_one_sandbox_are_parallel_and_independent(bsb):
     async def main():
         code = "import os\nprint(os.getpid())\n"
-        slow = [bsb.arun(code + _barrier("parallel", i, 6), timeout=30) for i in range(6)]
+        slow = [bsb.arun(code + barrier_program("parallel", i, 6), timeout=30) for i in range(6)]
         stuck = bsb.arun("while True: pass", timeout=0.3)
         return await asyncio.gather(stuck, *slow)
 

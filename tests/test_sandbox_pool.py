@@ -10,6 +10,7 @@ import uuid
 import warnings
 
 import pytest
+from _helpers import pids_with
 
 from aligngym.sandboxes import SandboxError, bwrap_available, make_sandbox
 from aligngym.sandboxes import pool as pool_mod
@@ -46,18 +47,6 @@ def room():
     set_max_sandboxes(saved)
 
 
-def _marked(marker: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
 def _wait_for(predicate, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -79,9 +68,9 @@ def test_reuse_after_reset_leaves_no_files_or_processes(use_bwrap):
             target=lambda: results.append(first.run(f"exec -a {marker} sleep 30", "bash", timeout=60))
         )
         runner.start()
-        assert _wait_for(lambda: _marked(marker))
+        assert _wait_for(lambda: pids_with(marker))
         pool.release(first)  # episode 1 ends with its program still running
-        assert _marked(marker) == []
+        assert pids_with(marker) == []
         runner.join(5)
         assert len(results) == 1 and results[0].status != "ok"
         second = pool.acquire()
