@@ -45,12 +45,15 @@ class CodeExecEnv(TextEnv):
     the assistant message. Grading is split: the tests run in a process that never executes the answer, and
     only plain values cross between them (docs/grading.md).
 
-    Reward components (of the current attempt): ``pass_rate``, ``all_passed``, ``syntax_error``, ``timeout``.
+    Reward components (of the current attempt): ``pass_rate`` (of the graded tests), ``all_passed``,
+    ``syntax_error``, ``timeout``.
     With ``max_turns == 1`` the reward is ``pass_rate`` and the episode always terminates. With
     ``max_turns > 1`` (self-debug) a failed attempt is answered with the failing test and its error (with
     ``feedback="redacted"``, the default, the test's expected values are shown as ``…`` and only what the
-    solution returned is quoted, so a policy cannot collect the answers over turns and memorise them;
-    ``feedback="full"`` shows them, as self-debugging papers do, for evaluation only), and each
+    solution returned is quoted, and only the first third of the tests, the examples, are ever shown: the
+    reward counts only the hidden rest, so answers learned from feedback earn nothing; ``feedback="full"``
+    shows every test with its expected values and pays for all of them, as self-debugging papers do, for
+    evaluation only), and each
     turn's reward is the change in ``pass_rate`` since the previous attempt, so the episode's rewards sum to
     the final attempt's ``pass_rate``; the episode terminates when every test passes and is truncated after
     ``max_turns`` attempts.
@@ -127,15 +130,30 @@ class CodeExecEnv(TextEnv):
             )
         return self._verifier
 
+    def _examples(self, total: int) -> int:
+        """How many leading tests self-debug feedback may show; the reward counts only the others.
+
+        Shown a failing test, a policy can learn the answer for that input (for a yes/no function "this call
+        failed" is the answer) and special-case it next turn. So with redacted feedback a self-debug episode
+        shows the first third of the tests (at least one) as examples and pays only for the hidden rest;
+        single-turn episodes show nothing and pay for every test; ``feedback="full"`` pays for every test.
+        """
+        if self.max_turns == 1 or self.feedback == "full" or total < 2:
+            return 0
+        return max(1, total // 3)
+
     def _score(self, result: VerifyResult) -> StepResult:
-        rate = result.pass_rate
-        reward = rate - self._last_rate  # sums to the final pass_rate over a self-debug episode
+        shown = self._examples(result.total)
+        graded = result.details[shown:]
+        rate = sum(d.passed for d in graded) / len(graded) if graded else 0.0
+        reward = rate - self._last_rate  # sums to the final graded pass rate over a self-debug episode
         self._last_rate = rate
         done = result.all_passed or self.max_turns == 1
         if result.all_passed:
             observation = "All tests passed."
         else:
-            observation = f"{result.feedback(_FEEDBACK_LIMIT)}\n\nFix the code."
+            only = range(shown) if shown else None
+            observation = f"{result.feedback(_FEEDBACK_LIMIT, only=only)}\n\nFix the code."
         return StepResult(
             observation=observation,
             reward=reward,
@@ -150,6 +168,7 @@ class CodeExecEnv(TextEnv):
                 "task_id": self._current_task().id,
                 "passed": result.passed,
                 "total": result.total,
+                "examples": shown,
                 "status": result.status,
             },
         )

@@ -115,7 +115,10 @@ def _serve(rfd, wfd):
             function = ns.get(request["name"])
             if function is None:
                 raise NameError(f"name {request['name']!r} is not defined")
-            reply["r"] = encode(function(*decode(request["args"])))
+            args, kwargs = decode(request["args"]), decode(request.get("kwargs", ["D", []]))
+            reply["r"] = encode(function(*args, **kwargs))
+            if request.get("back"):  # the containers passed in, as the call left them (in-place updates)
+                reply["a"] = encode(args)
 
         error = _timed(call, limit)
         if error is not None:
@@ -200,20 +203,29 @@ def _become_candidate(rfd, wfd):
         os._exit(1)
 
 
-def respawn_candidate():
-    """A fresh interpreter as the next candidate (a fork would copy the secrets this process now holds)."""
+def respawn_candidate(program):
+    """A fresh ``python -I`` as the next candidate (a fork would copy the secrets the tester now holds), fed
+    ``program`` (the grading program's text, read by the tester before the solution ran) on stdin: the file
+    on disk may have been rewritten by the solution since (docker's code directory is writable by its uid)."""
     req_r, req_w = os.pipe()
     rep_r, rep_w = os.pipe()
+    src_r, src_w = os.pipe()
     for fd in (req_r, rep_w):
         os.set_inheritable(fd, True)
-    null = os.open(os.devnull, os.O_RDONLY)
-    # stdin is replaced: the tester's still holds the nonce and the tests (a memfd can be read again)
-    actions = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, 2, 1)]
-    argv = [sys.executable, "-I", os.path.abspath(__file__), "candidate", str(req_r), str(rep_w)]
+    # stdin is the program; the tester's own stdin (the nonce and the tests) is never passed on
+    actions = [(os.POSIX_SPAWN_DUP2, src_r, 0), (os.POSIX_SPAWN_DUP2, 2, 1)]
+    argv = [sys.executable, "-I", "-", "candidate", str(req_r), str(rep_w)]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
     try:
         pid = os.posix_spawn(sys.executable, argv, env, file_actions=actions)
     finally:
-        for fd in (req_r, rep_w, null):
+        for fd in (req_r, rep_w, src_r):
             os.close(fd)
+    try:
+        while program:
+            program = program[os.write(src_w, program) :]
+    except OSError:
+        pass  # it died already: its first call will say so
+    finally:
+        os.close(src_w)
     return pid, req_w, rep_r

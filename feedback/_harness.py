@@ -94,8 +94,8 @@ class CandidateError(Exception):
 class Remote:
     """The tester's side of the pipe: calls a solution function, returns a decoded plain value."""
 
-    def __init__(self, solution, names, limit, spawned):
-        self.solution, self.names, self.limit = solution, names, limit
+    def __init__(self, solution, names, limit, spawned, program):
+        self.solution, self.names, self.limit, self.program = solution, names, limit, program
         self.pid, self.req, self.rep = spawned
         self.respawns, self.deadline, self.tainted, self.sent = 0, None, False, 0
         self.last = None  # (value,) the solution last returned in the current test
@@ -131,13 +131,13 @@ class Remote:
                 pass
         self.pid = None
 
-    def call(self, name, args):
+    def call(self, name, args, kwargs=None):
         if self.pid is None:
             if self.respawns >= MAX_RESPAWNS:
                 self.tainted = True
                 raise CandidateGone("the solution's process was killed earlier (a timeout or a crash)")
             self.respawns += 1
-            self.pid, self.req, self.rep = respawn_candidate()
+            self.pid, self.req, self.rep = respawn_candidate(self.program)
             _, self.load_error = self._load()
             if self.load_error is not None:
                 self.tainted = True
@@ -153,7 +153,11 @@ class Remote:
             raise CandidateGone("the solution's process broke the protocol (it answered before being asked)")
         try:
             self.sent += 1
-            send(self.req, {"n": self.sent, "name": name, "args": encode(list(args))})
+            back = any(type(a) in _MUTABLE for a in args)
+            request = {"n": self.sent, "name": name, "args": encode(list(args)), "back": back}
+            if kwargs:
+                request["kwargs"] = encode(dict(kwargs))
+            send(self.req, request)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{name}() was given a value that cannot cross to the solution: {exc}") from None
         except OSError:
@@ -182,10 +186,28 @@ class Remote:
             raise error
         try:
             value = decode(reply.get("r"))
+            after = decode(reply["a"]) if back and "a" in reply else None
         except (ValueError, RecursionError, OverflowError) as exc:
             raise TypeError(str(exc)) from None
+        if type(after) is list and len(after) == len(args):
+            _update_in_place(args, after)
         self.last = (value,)
         return value
+
+
+_MUTABLE = (list, dict, set)
+
+
+def _update_in_place(args, after):
+    """Give the tests' own list/dict/set arguments the contents the call left in the solution's copies."""
+    for given, changed in zip(args, after, strict=True):
+        kind = type(given)
+        if kind in _MUTABLE and type(changed) is kind:
+            if kind is list:
+                given[:] = changed
+            else:
+                given.clear()
+                given.update(changed)
 
 
 class Proxy:
@@ -195,9 +217,7 @@ class Proxy:
         self._remote, self.__name__ = remote, name
 
     def __call__(self, *args, **kwargs):
-        if kwargs:
-            raise TypeError("keyword arguments cannot cross to the solution")
-        return self._remote.call(self.__name__, args)
+        return self._remote.call(self.__name__, args, kwargs)
 
     def __repr__(self):
         return f"<solution function {self.__name__}>"
@@ -206,11 +226,11 @@ class Proxy:
 class Tester:
     """Runs the tests in this (trusted) process and reports each verdict."""
 
-    def __init__(self, payload, report_fd, prefix, spawned):
+    def __init__(self, payload, report_fd, prefix, spawned, program):
         self.payload, self.report_fd, self.prefix = payload, report_fd, prefix
         self.limit = float(payload["limit"])
         self.kind = payload["kind"]
-        self.remote = Remote(payload["solution"], payload["names"], self.limit, spawned)
+        self.remote = Remote(payload["solution"], payload["names"], self.limit, spawned, program)
         self.seen = []
 
     def report(self, record):
@@ -392,6 +412,8 @@ def _test_line(exc):
 def main():
     if len(sys.argv) == 4 and sys.argv[1] == "candidate":  # a respawned candidate, given its two pipes
         candidate(int(sys.argv[2]), int(sys.argv[3]))
+    with open(sys.argv[0], "rb") as f:
+        program = f.read()  # for fresh candidates: before any solution code runs, nothing has changed it
     spawned = start_candidate()
     # Nothing secret is here yet; from now on no other process may read it or interrupt us.
     if not _set_dumpable(0):
@@ -410,7 +432,7 @@ def main():
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     report_fd = os.dup(1)  # the private report channel; the tests' own prints go to stderr
     os.dup2(2, 1)
-    Tester(payload, report_fd, b"\n" + head.strip() + b" ", spawned).run()
+    Tester(payload, report_fd, b"\n" + head.strip() + b" ", spawned, program).run()
     sys.stdout.flush()
     os._exit(0)
 

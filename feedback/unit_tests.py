@@ -49,7 +49,7 @@ def _program(folder: Path) -> str:
         "    sys.modules[_name].__path__ = []\n"
         f"for _name, _code, _source in {modules[:-1]!r}:\n"
         "    _module = sys.modules[_name] = types.ModuleType(_name)\n"
-        "    _module.__file__ = __file__\n"
+        "    _module.__file__ = globals().get('__file__', '<stdin>')\n"
         "    exec(marshal.loads(_code) if _same else compile(_source, _name, 'exec'), _module.__dict__)\n"
         f"_name, _code, _source = {modules[-1]!r}\n"
         "exec(marshal.loads(_code) if _same else compile(_source, _name, 'exec'))\n"
@@ -212,19 +212,26 @@ class VerifyResult:
     def all_passed(self) -> bool:
         return self.total > 0 and self.passed == self.total
 
-    def feedback(self, limit: int = 1500) -> str:
-        """A short report of the first failure, trimmed to about ``limit`` characters."""
+    def feedback(self, limit: int = 1500, only: range | None = None) -> str:
+        """A short report of the first failure, trimmed to about ``limit`` characters; with ``only``, tests
+        outside it are never named, just counted."""
         if self.all_passed:
             return "All tests passed."
-        fail = self.first_failure
+        shown = [d for d in self.details if only is None or d.index in only]
+        fail = next((d for d in shown if not d.passed), None)
         if self.syntax_error:
             text = f"Your code does not compile:\n{self.load_error}"
         elif self.load_error:
             text = f"Your code raised an error while loading, before any test ran:\n{self.load_error}"
+        elif fail is None and only is not None:
+            hidden = [d for d in self.details if d.index not in only]
+            failed = sum(not d.passed for d in hidden)
+            text = f"The examples pass, but {failed} of {len(hidden)} hidden tests fail."
         elif fail is None:
             text = f"{self.passed}/{self.total} tests passed."
         else:
-            text = f"{self.passed}/{self.total} tests passed. Failing test:\n{fail.source}"
+            count = f"{self.passed}/{self.total} tests passed" if only is None else "An example fails"
+            text = f"{count}. Failing test:\n{fail.source}"
             if fail.line.strip() and fail.line.strip() != fail.source:
                 text += f"\n(failed at: {fail.line.strip()})"
             text += f"\nError: {fail.error}" if fail.error else ""

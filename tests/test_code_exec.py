@@ -340,13 +340,14 @@ def test_self_debug_wrong_then_right(make_env):
     env = make_env(max_turns=3)
     env.reset(seed=0, options={"task_id": "add"})
     obs, r1, terminated, truncated, info = env.step(block(HALF))
-    assert (terminated, truncated, r1) == (False, False, 0.5)
-    assert "assert add(-1, -1) == …" in obs and "Fix the code." in obs and "AssertionError" in obs
-    assert "-2" not in obs and "the solution returned 0" in obs  # what it did, never what was expected
+    # the first of the 4 tests is the example feedback may show; the reward counts the 3 hidden ones
+    assert (terminated, truncated, r1, info["examples"]) == (False, False, 1 / 3, 1)
+    assert "The examples pass, but 2 of 3 hidden tests fail." in obs and "Fix the code." in obs
+    assert "add(" not in obs  # a hidden test is never named
     assert info["messages"][-1] == {"role": "user", "content": obs}
     obs, r2, terminated, truncated, info = env.step(block(RIGHT))
     assert terminated and not truncated
-    assert r1 + r2 == 1.0 == env.episode_reward
+    assert abs(r1 + r2 - 1.0) < 1e-9 and abs(env.episode_reward - 1.0) < 1e-9
     assert info["reward_components"]["pass_rate"] == 1.0
 
 
@@ -358,7 +359,7 @@ def test_self_debug_regression_and_truncation(make_env):
         _, reward, terminated, truncated, _ = env.step(block(code))
         rewards.append(reward)
     assert not terminated and truncated
-    assert rewards == [0.5, -0.5, 0.0] and sum(rewards) == 0.0
+    assert rewards == [1 / 3, -1 / 3, 0.0] and sum(rewards) == 0.0
     with pytest.raises(RuntimeError):
         env.step(block(RIGHT))
 
@@ -445,6 +446,7 @@ def test_redacted_feedback_never_quotes_an_expected_value(make_env):
     env.reset(seed=0, options={"task_id": "pair"})
     obs = env.step(block("def pair(x):\n    return [x, x]\n"))[0]
     assert "pair(1)" in obs and "returned [1, 1]" in obs and "[1, 2]" not in obs
+    assert "pair(3)" not in obs  # only the example (the first third of the tests) is ever named
     full = make_env(max_turns=3, feedback="full")
     full.reset(seed=0, options={"task_id": "pair"})
     assert "expected [1, 2]" in full.step(block("def pair(x):\n    return [x, x]\n"))[0]

@@ -255,3 +255,19 @@ def test_every_humaneval_canonical_solution_scores_one():
     assert len(results) == 164
     assert [tid for tid, honest, _ in results if honest.pass_rate != 1.0] == []
     assert [tid for tid, _, blank in results if blank.pass_rate == 1.0] == []
+
+
+def test_keyword_arguments_and_in_place_updates_cross_back(verifier):
+    task = {
+        "id": "mutate",
+        "prompt": "p",
+        "tests": [
+            "xs = [3, 1, 2]\nsort_in_place(xs)\nassert xs == [1, 2, 3]",
+            "assert power(2, exp=3) == 8",
+            "d = {}\nfill(d)\nassert d == {'a': 1}",
+        ],
+    }
+    honest = "def sort_in_place(xs):\n    xs.sort()\ndef power(b, exp=2):\n    return b ** exp\ndef fill(d):\n    d['a'] = 1\n"
+    assert grade(verifier, honest, task).all_passed
+    lazy = "def sort_in_place(xs):\n    return sorted(xs)\ndef power(b, exp=2):\n    return b * exp\ndef fill(d):\n    return {'a': 1}\n"
+    assert grade(verifier, lazy, task).passed == 0
