@@ -85,6 +85,8 @@ def build_harness(
         payload["inputs"] = [list(c.input) for c in task.cases]
     else:
         payload["tests"] = list(task.tests)
+        payload["compiled"] = {"magic": importlib.util.MAGIC_NUMBER.hex(), "code": task.compiled}
+        payload["graded"] = len(task.graded)
     if task.kind == "humaneval":
         payload["setup"] = task.prompt  # the prompt's helpers (trusted task text) run in the tester
     return HARNESS_PROGRAM, f"{nonce}\n{json.dumps(payload)}\n"

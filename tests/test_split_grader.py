@@ -271,3 +271,23 @@ def test_keyword_arguments_and_in_place_updates_cross_back(verifier):
     assert grade(verifier, honest, task).all_passed
     lazy = "def sort_in_place(xs):\n    return sorted(xs)\ndef power(b, exp=2):\n    return b * exp\ndef fill(d):\n    return {'a': 1}\n"
     assert grade(verifier, lazy, task).passed == 0
+
+
+def test_a_tester_with_another_bytecode_format_compiles_the_tests_itself(verifier):
+    """The host ships the tests precompiled for its own bytecode format; any other interpreter (a docker image
+    with another Python) must fall back to compiling the source, with the same verdicts."""
+    import json
+
+    from aligngym.feedback.unit_tests import build_harness, grade, parse_report
+
+    for row, solution in ((ROUND, "def half(x):\n    return x / 2\n"), (HE_TRUNCATE, "    return 0.5\n")):
+        task = CodeTask.from_row(row)
+        program, stdin = build_harness(solution, task, nonce="n" * 32)
+        head, payload = stdin.split("\n", 1)
+        payload = json.loads(payload)
+        payload["compiled"]["magic"] = "00000000"
+        run = verifier.sandbox.run(
+            program, stdin=f"{head}\n{json.dumps(payload)}\n", timeout=20, isolated=True
+        )
+        result = grade(task, parse_report(run.stdout, "n" * 32), run.status)
+        assert result.passed == (2 if row is ROUND else 1), result.details
