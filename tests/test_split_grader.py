@@ -273,16 +273,22 @@ def test_keyword_arguments_and_in_place_updates_cross_back(verifier):
     assert grade(verifier, lazy, task).passed == 0
 
 
-def test_a_tester_with_another_bytecode_format_compiles_the_tests_itself(verifier):
-    """The host ships the tests precompiled for its own bytecode format; any other interpreter (a docker image
-    with another Python) must fall back to compiling the source, with the same verdicts."""
+def test_a_tester_with_another_bytecode_format_compiles_the_tests_itself(verifier, monkeypatch):
+    """The host ships the harness and the tests precompiled for its own bytecode format; any other interpreter
+    (a docker image with another Python) must fall back to compiling the source, with the same verdicts."""
     import json
+    from pathlib import Path
 
+    from aligngym.feedback import unit_tests
     from aligngym.feedback.unit_tests import build_harness, grade, parse_report
 
+    with monkeypatch.context() as patch:
+        patch.setattr(importlib.util, "MAGIC_NUMBER", b"\0\0\r\n")
+        program = unit_tests._program(Path(unit_tests.__file__).parent)
+    assert "marshal.loads" in program and program != unit_tests.HARNESS_PROGRAM
     for row, solution in ((ROUND, "def half(x):\n    return x / 2\n"), (HE_TRUNCATE, "    return 0.5\n")):
         task = CodeTask.from_row(row)
-        program, stdin = build_harness(solution, task, nonce="n" * 32)
+        _, stdin = build_harness(solution, task, nonce="n" * 32)
         head, payload = stdin.split("\n", 1)
         payload = json.loads(payload)
         payload["compiled"]["magic"] = "00000000"
