@@ -1,4 +1,4 @@
-"""aligngym/Terminal-v0: reach a goal with shell commands in a sandbox; a hidden check script decides success."""
+"""aligngym/Terminal-v0: reach a goal with shell commands in a sandbox; a hidden check decides success."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import functools
 import re
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from aligngym.sandboxes.lease import SandboxLease
 from .answers import fenced_blocks
 from .base import StepResult, TextEnv, rng_choice_index, run_sync
 from .datasets import checked_tasks, load_rows
+from .terminal_checks import expectations_hold, parse_expect
 
 OUTPUT_LIMIT = 2000
 NO_COMMAND = "No command found: put your command in a ```bash block."
@@ -24,13 +25,36 @@ _SHELL_LANGS = {"", "bash", "sh", "shell"}
 # lowercase program name or path (optionally after VAR=value), so prose like "I do not know." is refused.
 _COMMAND_LINE = re.compile(r"^(?:\w+=\S*\s+)*(?:\.{0,2}/|~/)?[a-z0-9_][\w.+/-]*(?:[\s;|&<>]|$)")
 _NAME = re.compile(r"^[\w.+-]+$")
-_FIELDS = {"id", "goal", "setup", "check", "expert", "requires", "category"}
-# Fixed git identity and dates: commits work without configuration and their hashes are reproducible.
-_PRELUDE = (
-    "export GIT_AUTHOR_NAME=agent GIT_AUTHOR_EMAIL=agent@example.com "
-    "GIT_COMMITTER_NAME=agent GIT_COMMITTER_EMAIL=agent@example.com "
-    "GIT_AUTHOR_DATE=2024-01-01T00:00:00Z GIT_COMMITTER_DATE=2024-01-01T00:00:00Z "
-    "GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=init.defaultBranch GIT_CONFIG_VALUE_0=main PAGER=cat TERM=dumb\n"
+_FIELDS = {"id", "goal", "setup", "check", "expect", "expert", "requires", "category"}
+
+
+def _prelude(git_config: tuple[tuple[str, str], ...], extra: str = "") -> str:
+    """Shell exports: a fixed git identity and dates (commits work unconfigured, hashes are reproducible)."""
+    config = " ".join(
+        f"GIT_CONFIG_KEY_{i}={key} GIT_CONFIG_VALUE_{i}={value}" for i, (key, value) in enumerate(git_config)
+    )
+    return (
+        "export GIT_AUTHOR_NAME=agent GIT_AUTHOR_EMAIL=agent@example.com "
+        "GIT_COMMITTER_NAME=agent GIT_COMMITTER_EMAIL=agent@example.com "
+        "GIT_AUTHOR_DATE=2024-01-01T00:00:00Z GIT_COMMITTER_DATE=2024-01-01T00:00:00Z "
+        f"GIT_CONFIG_COUNT={len(git_config)} {config} PAGER=cat TERM=dumb{extra}\n"
+    )
+
+
+_GIT_DEFAULTS = (("init.defaultBranch", "main"),)
+_PRELUDE = _prelude(_GIT_DEFAULTS)
+# A ``check`` script runs isolated; besides, its git reads no system or global configuration, and these
+# settings (command-line strength) override what the agent may have put in the repository's.
+_CHECK_PRELUDE = _prelude(
+    _GIT_DEFAULTS
+    + (
+        ("core.fsmonitor", "false"),
+        ("core.hooksPath", "/dev/null"),
+        ("core.untrackedCache", "false"),
+        ("status.showUntrackedFiles", "all"),
+        ("log.showSignature", "false"),
+    ),
+    " GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_NO_REPLACE_OBJECTS=1",
 )
 _CWD_MARK = "\n\x1ealigngym-cwd:"
 # The command runs under `bash -c ... bash` so errors read "bash: line 1: ..." on every backend (the
@@ -45,11 +69,12 @@ _CLEAN = "chmod -R u+rwX . 2>/dev/null; find . -mindepth 1 -delete"
 
 @dataclass(frozen=True)
 class TerminalTask:
-    """One goal: ``setup`` prepares the working directory, ``check`` exits 0 once the goal is reached."""
+    """One goal: ``setup`` prepares the working directory; ``expect`` and ``check`` say when it is reached."""
 
     id: str
     goal: str
-    check: str
+    check: str = ""
+    expect: tuple[dict[str, Any], ...] = field(default=(), hash=False)
     setup: str = ""
     expert: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
@@ -67,10 +92,12 @@ class TerminalTask:
             raise ValueError(
                 f"{label}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}"
             )
-        for key in ("id", "goal", "check"):
+        for key in ("id", "goal"):
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise ValueError(f"{label}: {key!r} must be a non-empty string")
-        for key in ("setup", "category"):
+        if "expect" not in row and not (isinstance(row.get("check"), str) and row["check"].strip()):
+            raise ValueError(f"{label}: give 'expect' (structured) or a 'check' script (a non-empty string)")
+        for key in ("setup", "category", "check"):
             if not isinstance(row.get(key, ""), str):
                 raise ValueError(f"{label}: {key!r} must be a string")
         for key in ("expert", "requires"):
@@ -82,7 +109,8 @@ class TerminalTask:
         return cls(
             id=row["id"],
             goal=row["goal"],
-            check=row["check"],
+            check=row.get("check", ""),
+            expect=parse_expect(row["expect"], label) if "expect" in row else (),
             setup=row.get("setup", ""),
             expert=tuple(row.get("expert", ())),
             requires=tuple(row.get("requires", ())),
@@ -140,8 +168,35 @@ class TerminalEnv(TextEnv):
 
     Each reply's last ```bash block (or a bare one-line command) runs in the episode's sandbox; the next
     observation is its output (middle-truncated to ~2000 characters) and ``[exit code N]`` or
-    ``[timed out after Ts]``. Files and the current directory persist across turns. After every command the
-    task's hidden ``check`` script runs in the working directory; exit 0 ends the episode (terminated).
+    ``[timed out after Ts]``. Files and the current directory persist across turns. After every command
+    (once every process it started is gone) the task's hidden check runs; success ends the episode
+    (terminated). Its output is never shown, and nothing of it is written where the agent could read it.
+
+    A task states its check as ``expect`` (preferred), a list of items that must all hold, judged on the
+    host from facts no program the agent wrote takes part in reading: file contents come through
+    ``Sandbox.read_bytes`` (links followed only while they stay inside the working directory; FIFOs and
+    devices refused), everything else from an isolated probe that follows no link at all. Files over
+    64 KiB match nothing.
+
+    * ``{"path": P, ...}`` about ``P`` (relative): ``exists`` (true, false, ``"file"``, ``"dir"``),
+      ``text`` (the file's text, trailing newlines ignored, as ``"$(cat P)"``), ``stripped`` (equal once all
+      whitespace is removed), ``json`` (parses to this value; ``true`` is not ``1``), ``match`` (a regex
+      the text, trailing newlines dropped, fully matches), ``entries`` (a directory's names, any order),
+      ``mode`` (permission bits, ``"600"``), ``executable`` (the owner's x bit).
+    * ``{"git": [args...], ...}``: ``git args`` exits with ``exit`` (default 0) and its stdout meets
+      ``text``/``stripped``/``json``/``match``; git runs on a copy of the repository's refs and staged
+      entries with our configuration, so no hook, filter, fsmonitor or setting of the agent's takes part
+      (``.git/info`` and submodules are not honoured either).
+    * ``{"python": module, "calls": [[function, [args...], expected], ...]}``: the agent's module is
+      imported (the working directory put on ``sys.path`` explicitly) in a run of its own and each call's
+      return value, passed back as plain data (exact builtin types), must equal ``expected``; the arguments
+      (never the expected values) are visible to the agent's code while it runs.
+
+    A ``check`` script (bash) is still accepted: it runs isolated (``bash --noprofile --norc``, environment
+    cleared, HOME ``/nonexistent``; ``python3`` there gets neither the working directory on ``sys.path``
+    nor a user site, so import the agent's module after ``sys.path.insert(0, "")``) and exit 0 passes. A
+    script trusts every program it runs: one that runs the agent's code can be forged by it (``os._exit(0)``
+    on import), so prefer ``expect``. With both, both must pass.
 
     Reward: 0 on intermediate turns; on the last turn (success, or ``max_turns`` reached)
     ``success - step_penalty * steps``. Components every turn: ``success`` (0/1), ``steps`` (turns used),
@@ -253,8 +308,16 @@ class TerminalEnv(TextEnv):
             script = f"{_PRELUDE}exec 2>&1\nexec bash -c {shlex.quote(_INNER)} bash {shlex.quote(self._cwd)} {shlex.quote(command)}\n"
             result = await sandbox.arun(script, "bash", timeout=self.timeout)
             self._failed += not result.ok
-        check = await sandbox.arun(_PRELUDE + task.check, "bash", timeout=self.timeout)
-        return self._score(task, result, check.ok)
+        return self._score(task, result, await self._passes(task, sandbox))
+
+    async def _passes(self, task: TerminalTask, sandbox: Sandbox) -> bool:
+        """The task's check, run after the command is over (every process it started is gone)."""
+        if task.expect and not await expectations_hold(sandbox, task.expect, self.timeout):
+            return False
+        if not task.check.strip():
+            return True
+        check = await sandbox.arun(_CHECK_PRELUDE + task.check, "bash", timeout=self.timeout, isolated=True)
+        return check.ok
 
     def end_episode(self) -> None:
         self._lease.release()

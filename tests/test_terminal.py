@@ -10,6 +10,7 @@ import pytest
 import aligngym
 from aligngym.envs import terminal
 from aligngym.envs.terminal import NO_COMMAND, TerminalEnv, TerminalTask, extract_command, load_tasks
+from aligngym.envs.terminal_checks import git_holds, path_holds, same_data
 from aligngym.sandboxes import DockerSandbox, LocalSandbox, make_sandbox
 
 TASKS = load_tasks()
@@ -196,7 +197,20 @@ def test_tasks_from_a_list_or_a_jsonl_path(tmp_path):
 @pytest.mark.parametrize(
     "rows, message",
     [
-        ([{"id": "no-check", "goal": "g"}], "no-check.*'check'"),
+        ([{"id": "no-check", "goal": "g"}], "no-check.*'expect'.*'check'"),
+        ([{**ROW, "id": "empty", "expect": []}], "empty.*'expect' must be a non-empty list"),
+        (
+            [{**ROW, "id": "abs", "expect": [{"path": "/etc/passwd", "text": "x"}]}],
+            r"abs'. expect\[0\].*relative",
+        ),
+        ([{**ROW, "id": "up", "expect": [{"path": "a/../../x"}]}], "up.*without '..'"),
+        ([{**ROW, "id": "two", "expect": [{"path": "a", "git": ["log"]}]}], "two.*exactly one"),
+        ([{**ROW, "id": "opt", "expect": [{"git": ["-c", "core.pager=x", "log"]}]}], "opt.*subcommand"),
+        ([{**ROW, "id": "nocalls", "expect": [{"python": "calc"}]}], "nocalls.*'calls'"),
+        ([{**ROW, "id": "mode", "expect": [{"path": "a", "mode": 600}]}], "mode.*octal"),
+        ([{**ROW, "id": "key", "expect": [{"path": "a", "txt": "x"}]}], "key.*unknown key.*txt"),
+        ([{**ROW, "id": "re", "expect": [{"git": ["log"], "match": "("}]}], "re.*regular expression"),
+        ([{**ROW, "id": "gone", "expect": [{"path": "a", "exists": False, "text": ""}]}], "gone.*absent"),
         ([{**ROW, "id": "typo", "chek": "true"}], "typo.*unknown field.*chek"),
         ([{**ROW, "id": "bad-expert", "expert": "ls"}], "bad-expert.*expert"),
         ([{**ROW, "id": "bad-req", "requires": ["git; rm"]}], "bad-req.*requires"),
@@ -208,6 +222,64 @@ def test_tasks_from_a_list_or_a_jsonl_path(tmp_path):
 def test_malformed_task_is_a_value_error_naming_it(rows, message):
     with pytest.raises(ValueError, match=message):
         TerminalEnv(tasks=rows, sandbox="local")
+
+
+def test_expect_items_judge_facts_as_documented():
+    file = {"type": "file", "mode": 0o640, "data": b"line\n\n"}
+    assert path_holds({"path": "f", "text": "line"}, file) and path_holds(
+        {"path": "f", "text": "line\n"}, file
+    )
+    assert not path_holds({"path": "f", "text": "line "}, file)
+    assert path_holds({"path": "f", "stripped": "line"}, {**file, "data": b" li ne\t\n"})
+    assert path_holds({"path": "f", "match": "l.*e"}, file) and not path_holds(
+        {"path": "f", "match": "l"}, file
+    )
+    assert path_holds({"path": "f", "mode": "640", "executable": False}, file)
+    assert not path_holds({"path": "f", "mode": "644"}, file) and not path_holds(
+        {"path": "f"}, {"type": "link"}
+    )
+    assert not path_holds({"path": "f", "entries": []}, file)  # a file is not a directory
+    assert path_holds({"path": "f", "exists": False}, {"type": "missing"})
+    assert not path_holds({"path": "f", "exists": False}, {"type": "blocked"})  # behind a link: not absent
+    folder = {"type": "dir", "mode": 0o755, "entries": ["a", "b"]}
+    assert path_holds({"path": "d", "entries": ["b", "a"]}, folder) and not path_holds(
+        {"path": "d", "text": ""}, folder
+    )
+    data = b'{"port": 8080, "debug": false, "tags": [1.0]}'
+    assert path_holds(
+        {"path": "c", "json": {"port": 8080.0, "debug": False, "tags": [1]}}, {**file, "data": data}
+    )
+    assert not path_holds(
+        {"path": "c", "json": {"port": 8080, "debug": 0, "tags": [1]}}, {**file, "data": data}
+    )
+    assert not path_holds(
+        {"path": "c", "text": "x"}, {"type": "file", "mode": 0o644}
+    )  # unreadable or too big
+    assert git_holds({"git": ["log"], "text": "a"}, {"exit": 0, "stdout": b"a\n"})
+    assert not git_holds({"git": ["log"]}, {"exit": 1}) and git_holds(
+        {"git": ["log"], "exit": 1}, {"exit": 1}
+    )
+    assert not git_holds({"git": ["log"]}, {"exit": None})  # it did not run (no repository, or refused)
+    assert (
+        same_data([1, {"a": None}], [1.0, {"a": None}]) and not same_data(True, 1) and not same_data(1, True)
+    )
+
+
+def test_a_user_task_with_expect():
+    row = {
+        "id": "u",
+        "goal": "Make out.txt say 3 and keep calc.",
+        "setup": "echo 'def f(x): return x' > m.py",
+    }
+    row["expect"] = [
+        {"path": "out.txt", "stripped": "3"},
+        {"python": "m", "calls": [["f", [[1, 2]], [1, 2]]]},
+    ]
+    env = TerminalEnv(tasks=[row], sandbox="local", max_turns=2)
+    env.reset(seed=0)
+    assert not env.step(_bash("echo 4 > out.txt"))[2]
+    assert env.step(_bash("echo ' 3' > out.txt"))[2]
+    env.close()
 
 
 def test_missing_requirement_filters_the_task_and_bad_setup_names_it():
