@@ -31,7 +31,7 @@ from .code_task import Case, CodeTask, as_task, assemble_solution
 __all__ = ["Case", "CodeTask", "UnitTestVerifier", "VerifyResult", "build_harness", "grade", "parse_report"]
 
 # The grading program's modules, in import order; the last one runs as __main__ (see ``_program``).
-_HARNESS_MODULES = ("_wire", "_testcode", "_candidate", "_harness")
+_HARNESS_MODULES = ("_wire", "_testcode", "_candidate", "_remote", "_harness")
 
 
 def _program(folder: Path) -> str:
