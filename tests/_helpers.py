@@ -66,3 +66,22 @@ def pids_with(marker: str) -> list[int]:
         except OSError:
             pass
     return found
+
+
+def interpreter_dirs() -> list[str]:
+    """Where this interpreter and its packages live (sandboxes bind them in read-only, wherever they are)."""
+    import site
+
+    found = {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        os.path.dirname(sys.executable),
+        *site.getsitepackages(),
+    }
+    return sorted({os.path.realpath(p) for p in found})
+
+
+def interpreter_tmp_entries() -> list[str]:
+    """The names a sandbox's fresh ``/tmp`` shows anyway: the top folder of an interpreter (a venv) under /tmp."""
+    return sorted({p.split("/")[2] for p in interpreter_dirs() if p.startswith("/tmp/")})

@@ -10,6 +10,17 @@ import pytest
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
+def pytest_configure(config):
+    """With a Docker daemon up, build the sandbox image first (once per machine; a build lock serialises
+    xdist workers): docker tests then run on a fresh machine instead of skipping for want of an image."""
+    from _helpers import docker_up
+
+    if docker_up():
+        from aligngym.sandboxes import ensure_image
+
+        ensure_image()
+
+
 @pytest.fixture
 def chat_server():
     """Start an honest OpenAI-protocol server answering from a script; yields a factory for custom ones."""

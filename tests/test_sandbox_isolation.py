@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from _helpers import docker_up, pids_with
+from _helpers import docker_up, interpreter_dirs, interpreter_tmp_entries, pids_with
 
 import aligngym.envs
 import aligngym.sandboxes
@@ -77,7 +77,8 @@ def plant(directory, name, text):
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, name), "w") as f:
         f.write(text)
-user_site = site.getusersitepackages()
+# A venv has no user site (site.ENABLE_USER_SITE is False): nothing to plant there.
+user_site = site.getusersitepackages() if site.ENABLE_USER_SITE else "."
 for where in (".", TMP, user_site):
     for module in ("sitecustomize", "usercustomize", *{_SHADOWED!r}):
         plant(where, module + ".py", payload.format(module + "@" + where.replace("/", "_")))
@@ -125,8 +126,11 @@ def test_isolated_runs_execute_nothing_an_earlier_run_planted(kind):
         assert seen["shadowed"] == []
         assert not [f for f in seen["files"] if f.startswith("pwned-")]
         cwd_names = {"", ".", "/sandbox", getattr(sb, "workdir", "/sandbox")}
+        ours = tuple(interpreter_dirs())  # wherever the interpreter lives, a venv under /tmp included
         assert not [
-            p for p in seen["path"] if p in cwd_names or p.startswith(("/tmp", "/dev/shm", "/sandbox"))
+            p
+            for p in seen["path"]
+            if p in cwd_names or (p.startswith(("/tmp", "/dev/shm", "/sandbox")) and not p.startswith(ours))
         ]
         assert not [p for p in seen["path"] if "/.local/" in p or p.startswith(planted.stdout.strip())]
         env = seen["env"]
@@ -386,7 +390,8 @@ def test_pool_reset_kills_runs_and_wipes_workdir_and_tmp(kind):
         again = pool.acquire()
         seen = again.run(
             "import os; print(sorted(os.listdir('.')), sorted(f for f in os.listdir('/tmp')"
-            " if not f.startswith('.aligngym-code')), os.listdir('/dev/shm'))"
+            f" if not f.startswith('.aligngym-code') and f not in {interpreter_tmp_entries()!r}),"
+            " os.listdir('/dev/shm'))"
         )
         assert seen.stdout == "[] [] []\n", seen
         pool.release(again)

@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from _helpers import barrier_program, pids_with
+from _helpers import barrier_program, interpreter_tmp_entries, pids_with
 
 from aligngym.sandboxes import (
     LocalSandbox,
@@ -291,8 +291,8 @@ for path in ["/etc/shadow", {planted!r}]:
         print("read", path)
     except OSError:
         pass
-print(os.listdir("/tmp"), os.listdir("/run"))  # fresh /tmp; no host sockets (docker.sock, D-Bus) in /run
-"""
+print(sorted(set(os.listdir("/tmp")) - {set(interpreter_tmp_entries())!r}), os.listdir("/run"))
+"""  # a fresh /tmp (but for a venv that lives there); no host sockets (docker.sock, D-Bus) in /run
     with open(planted, "w") as f:
         f.write("secret")
     try:
@@ -569,11 +569,13 @@ def _server_python_pid(sandbox: LocalSandbox) -> int:
 def test_each_run_is_a_fresh_unprivileged_process_in_its_own_namespaces(bsb):
     code = """
 import os
-print(os.getpid(), os.getppid(), os.getuid(), os.getcwd(), sorted(os.listdir("/.aligngym")), os.listdir("/tmp"))
+tmp = sorted(set(os.listdir("/tmp")) - set(TMP_INTERPRETER))
+print(os.getpid(), os.getppid(), os.getuid(), os.getcwd(), sorted(os.listdir("/.aligngym")), tmp)
 caps = dict(line.split(":\\t") for line in open("/proc/self/status").read().splitlines() if line.startswith("Cap"))
 print(sorted({v.strip() for v in caps.values()}))
 open("/tmp/mine", "w").write("x")
 """
+    code = f"TMP_INTERPRETER = {interpreter_tmp_entries()!r}\n" + code
     first, second = bsb.run(code), bsb.run(code)
     assert first.ok and second.ok, first.stderr
     # pid 2 under a pid-1 reaper of its own; the server's file is hidden; /tmp is fresh; no capability left

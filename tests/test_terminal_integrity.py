@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 
 import pytest
+from _helpers import interpreter_tmp_entries
 
 from aligngym.envs import terminal
 from aligngym.envs.terminal import TerminalEnv, load_tasks
@@ -296,10 +297,12 @@ def test_the_check_leaves_nothing_the_agent_can_read(env):
         env.max_turns = 2
         env.reset(seed=0, options={"task_id": task_id})
         env.step("```bash\ntrue\n```")  # one check has run
+        # a venv under /tmp is bound in read-only: searching all of it (torch...) would outlast the command
+        skip = " ".join(f"--exclude-dir={name}" for name in interpreter_tmp_entries())
         search = (
             "p1=$(printf '4790%s' 01600); p2=$(printf 'state %s' probe); p3=$(printf 'aligngym-%s' calls); "
             'p4=$(printf \'aligngym-%s\' check); grep -rlsF -e "$p1" -e "$p2" -e "$p3" -e "$p4" '
-            '/sandbox /tmp /dev/shm /run /var/tmp $HOME; ls -A /tmp | grep -F "$p4"; echo searched'
+            f'{skip} /sandbox /tmp /dev/shm /run /var/tmp $HOME; ls -A /tmp | grep -F "$p4"; echo searched'
         )
         obs, *_ = env.step(f"```bash\n{search}\n```")
         assert obs.startswith("searched\n"), obs
