@@ -8,14 +8,18 @@ def _is_constant_assert(node):
     return isinstance(node.test, ast.Constant)  # `assert True, "..."` checks nothing about the solution
 
 
-def graded_asserts(source):
-    """The asserts of a HumanEval ``check`` that earn credit, as (line, first source line), in source order."""
-    lines = source.splitlines()
+def graded_assert_nodes(source):
+    """The asserts of a HumanEval ``check`` that earn credit, in source order (the order ``instrument`` numbers)."""
     found = [
         n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Assert) and not _is_constant_assert(n)
     ]
-    found.sort(key=lambda n: (n.lineno, n.col_offset))
-    return [(n.lineno, lines[n.lineno - 1].strip() if n.lineno <= len(lines) else "") for n in found]
+    return sorted(found, key=lambda n: (n.lineno, n.col_offset))
+
+
+def graded_asserts(source):
+    """``graded_assert_nodes`` as (line, first source line)."""
+    lines = source.splitlines()
+    return [(n.lineno, lines[n.lineno - 1].strip()) for n in graded_assert_nodes(source)]
 
 
 def free_names(sources):

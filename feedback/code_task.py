@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._testcode import free_names, graded_asserts, instrument
+from ._testcode import free_names, graded_assert_nodes, graded_asserts, instrument
 
 _DEF_RE = r"^\s*(?:async\s+)?def\s+{name}\s*\("
 
@@ -58,14 +58,8 @@ class CodeTask:
         what self-debug feedback may show without handing out the expected values (``tests``, ``humaneval``)."""
         names = set(self.names) | {"candidate"}
         if self.kind == "humaneval":
-            tree = ast.parse(self.tests[0])
-            found = [
-                n
-                for n in ast.walk(tree)
-                if isinstance(n, ast.Assert) and not isinstance(n.test, ast.Constant)
-            ]
-            found.sort(key=lambda n: (n.lineno, n.col_offset))
-            return [_redact(node, names) for node in found] or [f"check({self.entry_point})"]
+            nodes = graded_assert_nodes(self.tests[0])
+            return [_redact(node, names) for node in nodes] or [f"check({self.entry_point})"]
         return [_redact(ast.parse(source), names) for source in self.tests]
 
     @functools.cached_property
