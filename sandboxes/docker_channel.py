@@ -116,15 +116,6 @@ class _Channel:
                 raise ChannelClosed(f"could not reach the executor: {exc}") from exc
         return rid, future
 
-    def call(self, message: dict, timeout: float) -> dict:
-        """Send a request and wait for its reply."""
-        rid, future = self.submit(message)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            self._pending.pop(rid, None)
-            raise SandboxError(f"the executor did not answer {message['op']!r} in {timeout:.0f}s") from None
-
     def forget(self, rid: int) -> None:
         """Stop waiting for a request's reply (one that came too late is dropped)."""
         self._pending.pop(rid, None)
