@@ -190,6 +190,7 @@ async def _rollout_on_ray(
         progress=not args.no_progress,
         ray_address=args.ray_address,
         max_sandboxes=args.max_sandboxes,
+        fail_fast=args.fail_fast,
     )
 
 

@@ -9,15 +9,18 @@ it returns, and re-queues the episodes of an actor that died on a fresh actor. E
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .rollout import RolloutSummary, Tally
+from .rollout import RolloutAborted, RolloutSummary, Tally
 from .trajectory import RunKey, Trajectory, TrajectoryWriter
 
+#: Seconds between two reads of the actors' turn counters for the progress line.
+TURNS_POLL_S = 0.5
 #: Attempts per episode before it is written as failed (a worker that keeps dying takes it down with it).
 MAX_ATTEMPTS = 3
 
@@ -53,6 +56,14 @@ class _Worker:
         else:
             self.agent = build_agent(**agent_spec)
         self._free: list[Any] = []
+        self._turns = 0
+
+    def _turn(self) -> None:
+        self._turns += 1
+
+    def turns(self) -> int:
+        """Turns played so far by this actor, in all its episodes (the driver's progress line shows them)."""
+        return self._turns
 
     async def play(self, episode: int, seed: int) -> list[dict[str, Any]]:
         """One episode; returns its trajectories (one per seat for multi-agent envs) as dicts."""
@@ -63,15 +74,20 @@ class _Worker:
         else:
             env = self._registry_make(self.env_id, **self.env_kwargs)
             env = getattr(env, "unwrapped", env)
+        group = []
         try:
             if hasattr(env, "possible_agents"):
                 group = await play_multi_agent_episode(
-                    env, seat_agents(env, self.agent), self.env_id, episode, seed
+                    env, seat_agents(env, self.agent), self.env_id, episode, seed, self._turn
                 )
             else:
-                group = [await play_episode(env, self.agent, self.env_id, episode, seed)]
+                group = [await play_episode(env, self.agent, self.env_id, episode, seed, self._turn)]
         finally:
-            self._free.append(env)
+            if group and not group[0].error:
+                self._free.append(env)
+            else:  # as a local run does: an env may be mid-episode in an unknown state after a failure
+                with contextlib.suppress(Exception):
+                    env.close()
         return [asdict(t) for t in group]
 
     def pid(self) -> int:
@@ -123,11 +139,13 @@ async def rollout_ray(
     ray_address: str | None = None,
     name_prefix: str | None = None,
     max_sandboxes: int | None = None,
+    fail_fast: int = 0,
 ) -> RolloutSummary:
     """Run ``episodes`` across ``workers`` Ray actors (``concurrency`` episodes in flight per actor).
 
     ``max_sandboxes`` caps the sandboxes live at once across all workers (a ``SandboxQuota`` actor); each
-    worker's own process-wide cap (``ALIGNGYM_MAX_SANDBOXES``) still applies too.
+    worker's own process-wide cap (``ALIGNGYM_MAX_SANDBOXES``) still applies too. ``fail_fast`` as in
+    ``rollout``: when the first ``fail_fast`` episodes all fail alike, no more start (``RolloutAborted``).
     """
     import ray
 
@@ -149,7 +167,8 @@ async def rollout_ray(
     def spawn(index: int) -> None:
         """Start (or restart) actor ``index`` under a name no actor had before."""
         names[index] = f"{prefix}-{next(spawned)}"
-        options = {"name": names[index], "max_concurrency": concurrency, "max_restarts": 0}
+        # One call more than the episodes in flight: the progress line's turn count never waits for a slot.
+        options = {"name": names[index], "max_concurrency": concurrency + 1, "max_restarts": 0}
         actors[index] = remote.options(**options).remote(env_id, env_kwargs, agent_spec, quota, names[index])
 
     for index in range(workers):
@@ -160,7 +179,7 @@ async def rollout_ray(
     queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
     for i in todo:
         queue.put_nowait((i, 1))
-    tally = Tally(writer, len(todo), f"{env_id} x{workers} workers", progress)
+    tally = Tally(writer, len(todo), f"{env_id} x{workers} workers", progress, fail_fast=fail_fast)
     remaining = len(todo)
     done = asyncio.Event()
     if not remaining:
@@ -170,12 +189,27 @@ async def rollout_ray(
         nonlocal remaining
         tally.record([Trajectory.from_dict(r) for r in rows])
         remaining -= 1
-        if remaining == 0:
+        if remaining == 0 or tally.aborted is not None:
             done.set()
+
+    turns_seen: dict[str, int] = {}  # actor name -> its turn count when last asked (kept when it dies)
+
+    async def count_turns() -> None:
+        replies = [(names[i], actor.turns.remote()) for i, actor in enumerate(actors)]
+        for name, reply in replies:
+            with contextlib.suppress(ray.exceptions.RayError):
+                turns_seen[name] = await reply
+        tally.turn_total(sum(turns_seen.values()))
+
+    async def show_turns() -> None:
+        while not done.is_set():
+            await count_turns()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), TURNS_POLL_S)
 
     async def slot(index: int) -> None:
         # One of `concurrency` lanes on actor `index`: at most workers * concurrency episodes in flight.
-        while not done.is_set():
+        while not done.is_set() and tally.aborted is None:
             try:
                 episode, attempt = await asyncio.wait_for(queue.get(), timeout=0.2)
             except TimeoutError:
@@ -207,7 +241,11 @@ async def rollout_ray(
         if tally.bar:
             tally.bar.start()
         lanes = [asyncio.create_task(slot(w)) for w in range(workers) for _ in range(concurrency)]
+        if tally.bar:
+            lanes.append(asyncio.create_task(show_turns()))
         await done.wait()
+        if tally.bar:
+            await count_turns()  # the last line shows every turn played
         for lane in lanes:
             lane.cancel()
         await asyncio.gather(*lanes, return_exceptions=True)
@@ -221,4 +259,6 @@ async def rollout_ray(
             ray.kill(actor, no_restart=True)
         if quota is not None:
             ray.kill(quota, no_restart=True)
+    if tally.aborted is not None:
+        raise RolloutAborted(tally.aborted)
     return dataclasses.replace(tally.summary(out, episodes, skipped), sandboxes_peak=peak)

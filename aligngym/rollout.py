@@ -267,9 +267,13 @@ class Tally:
 
     def turn(self) -> None:
         """One more turn played (in any episode): a long episode still moves the progress line."""
-        self.live_turns += 1
+        self.turn_total(self.live_turns + 1)
+
+    def turn_total(self, turns: int) -> None:
+        """``turns`` played so far in all episodes (Ray workers count their own; the driver sums them)."""
+        self.live_turns = turns
         if self.bar:
-            self.bar.turn(self.live_turns)
+            self.bar.turn(turns)
 
     def record(self, group: list[Trajectory]) -> bool:
         """Write one episode's rows (one per seat); False when it failed."""

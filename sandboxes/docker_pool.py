@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .base import SandboxConfig, SandboxError
-from .docker_channel import _Channel
-from .owner import start_stamp
+from .docker_channel import Lane, _Channel
+from .owner import reap_local_orphans_once, start_stamp
 from .pool import register_idle_source, release_slot, try_acquire_slot
 
 SANDBOX_DIR = "/sandbox"
@@ -118,6 +118,15 @@ def _own_socket(raw: Any) -> socket.socket:
 
 def _start(client: Any, spec: _Spec) -> _Container:
     """Create and start one container and wait for its executor's hello."""
+    lane = Lane.for_daemon(client)
+    try:
+        return _start_with(client, spec, lane)
+    finally:
+        if lane is not None:
+            lane.close()
+
+
+def _start_with(client: Any, spec: _Spec, lane: Lane | None) -> _Container:
     import docker
 
     memory = (spec.memory_mb + EXECUTOR_MEMORY_MB) << 20
@@ -133,6 +142,7 @@ def _start(client: Any, spec: _Spec) -> _Container:
         nano_cpus=int(spec.cpus * 1e9),
         pids_limit=spec.pids + EXECUTOR_PIDS,
         auto_remove=True,
+        binds=lane.binds() if lane else None,
     )
     try:
         cid = client.api.create_container(
@@ -157,9 +167,12 @@ def _start(client: Any, spec: _Spec) -> _Container:
         params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
         channel = _Channel(_own_socket(client.api.attach_socket(cid, params=params)), cid[:12])
         client.api.start(cid)
-        if not channel.hello.result(_START_TIMEOUT_S).get("undumpable"):
+        hello = channel.hello.result(_START_TIMEOUT_S)
+        if not hello.get("undumpable"):
             # Else a program could open /proc/1/fd/1 and forge replies (ctypes is missing from the image?).
             raise SandboxError(f"the executor in {spec.image!r} could not make itself undumpable")
+        if lane is not None and hello.get("lane"):
+            channel.use_lane(lane.accept(hello["lane"], _START_TIMEOUT_S))
     except BaseException as exc:
         with contextlib.suppress(Exception):
             client.api.remove_container(cid, force=True)
@@ -198,6 +211,7 @@ class DockerPool:
         if self._client is None:
             self._client = _client()
             reap_orphans(self._client)  # the first use in a process clears what dead processes left
+            reap_local_orphans_once()  # lanes of containers that were starting when their owner died
         return self._client
 
     @property

@@ -60,10 +60,11 @@ def call_all(
     return replies
 
 
-def _chunks(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """(offset, bytes) per chunk; one empty chunk for empty data, so the file is still created."""
+def _chunks(data: bytes) -> Iterator[tuple[int, memoryview]]:
+    """(offset, view) per chunk, not copied; one empty chunk for empty data, so the file is still created."""
+    view = memoryview(data)
     for offset in range(0, max(len(data), 1), CHUNK_BYTES):
-        yield offset, data[offset : offset + CHUNK_BYTES]
+        yield offset, view[offset : offset + CHUNK_BYTES]
 
 
 def write_file(channel: _Channel, path: str, data: bytes, max_bytes: int, timeout: float) -> None:

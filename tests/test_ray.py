@@ -47,6 +47,33 @@ def test_cli_rollout_with_two_workers(chat_server, tmp_path):
     assert all(r["reward"] == 1.5 and r["seed"] == r["episode"] for r in rows)
 
 
+def test_progress_line_counts_the_turns_played_on_the_workers(chat_server, tmp_path):
+    server = chat_server(lambda messages, request: solve(messages))
+    out = tmp_path / "r.jsonl"
+    result = run_cli(
+        "rollout",
+        "aligngym/Arithmetic-v0",
+        *("--model", "scripted", "--base-url", server.base_url, "--episodes", 12, "--workers", 2),
+        *("--concurrency", 2, "--out", out),
+        timeout=240,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    # The final frame of the bar: each of the 12 single-turn episodes counted by the actor that played it.
+    assert "12/12 turns 12 " in result.stdout + result.stderr, result.stdout[-2000:]
+
+
+def test_ray_run_stops_when_its_first_episodes_fail_alike(chat_server, tmp_path):
+    # GET /models answers; every chat request is refused with a non-retried 400.
+    server = chat_server(["1"], faults=[None] + [{"status": 400, "message": "bad model"}] * 400)
+    out = tmp_path / "r.jsonl"
+    result = _rollout(server, out, 200, "--workers", 2, "--concurrency", 1, "--fail-fast", 3)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "first 3 episodes all failed" in result.stderr and "bad model" in result.stderr
+    # Episodes in flight when the third failure arrived may finish, but the run stops well short of 200.
+    assert 3 <= len(read_trajectories(out)) <= 3 + 2, len(read_trajectories(out))
+
+
 def test_killed_worker_episodes_are_retried_elsewhere(local_ray, chat_server, tmp_path):
     from aligngym.distributed import rollout_ray
 

@@ -245,7 +245,9 @@ def test_container_security_options_and_labels(sb, client):
     assert host["Memory"] == host["MemorySwap"] == (cfg.memory_mb + backend.EXECUTOR_MEMORY_MB) << 20
     assert host["NanoCpus"] == int(cfg.cpus * 1e9)
     assert set(host["Tmpfs"]) == {"/sandbox", "/tmp"} and "uid=65534" in host["Tmpfs"]["/sandbox"]
-    assert host["AutoRemove"] is True and not host["Binds"]
+    assert host["AutoRemove"] is True
+    # The one bind mount is the executor's lane: a read-only host directory holding only its socket.
+    assert [bind.split(":", 1)[1] for bind in host["Binds"]] == ["/run/aligngym:ro"]
     assert config["User"] == "65534:65534" and config["Image"] == "aligngym-sandbox:latest"
     assert config["Labels"]["aligngym"] == "1"
     assert config["Labels"]["aligngym.owner_pid"] == str(os.getpid())
