@@ -10,7 +10,12 @@ Message = dict[str, Any]
 
 @dataclass
 class AgentResponse:
-    """One assistant turn: the text, and the generated token ids and their logprobs where the backend knows them."""
+    """One assistant turn: its text and, where the backend knows them, its exact prompt and generated tokens.
+
+    ``prompt_ids`` are the ids the backend sampled from (the chat template applied), ``token_ids`` the ids it
+    generated (ending with the end-of-turn token when the turn ended on it) and ``logprobs`` one per generated
+    id. Each is ``None`` when the backend does not say; none is ever re-tokenised text.
+    """
 
     text: str
     token_ids: list[int] | None = None
@@ -19,6 +24,7 @@ class AgentResponse:
     usage: dict[str, int] = field(default_factory=dict)
     #: Native tool calls (OpenAI wire format: id, type, function{name, arguments}); empty for plain text.
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    prompt_ids: list[int] | None = None
 
 
 @runtime_checkable

@@ -13,11 +13,14 @@ def build_agent(
     *,
     temperature: float = 1.0,
     max_tokens: int | None = None,
+    return_tokens: bool = False,
     **kwargs: Any,
 ) -> Agent:
     """An OpenAI-protocol agent when ``base_url`` is given, else ``model`` loaded locally (``tiny`` built in).
 
-    Several base URLs give a ``BalancedAgent`` over one OpenAI-protocol agent per server.
+    Several base URLs give a ``BalancedAgent`` over one OpenAI-protocol agent per server. ``return_tokens``
+    asks a server for the exact prompt and generated token ids and their logprobs; a local model always
+    returns them.
     """
     if isinstance(base_url, list | tuple):
         urls = list(dict.fromkeys(base_url))
@@ -26,7 +29,14 @@ def build_agent(
 
             return BalancedAgent(
                 [
-                    build_agent(model, url, temperature=temperature, max_tokens=max_tokens, **kwargs)
+                    build_agent(
+                        model,
+                        url,
+                        temperature=temperature,
+                        max_tokens=max_tokens,
+                        return_tokens=return_tokens,
+                        **kwargs,
+                    )
                     for url in urls
                 ]
             )
@@ -35,7 +45,12 @@ def build_agent(
         from .openai_agent import OpenAIAgent
 
         return OpenAIAgent(
-            model=model, base_url=base_url, temperature=temperature, max_tokens=max_tokens, **kwargs
+            model=model,
+            base_url=base_url,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            return_tokens=return_tokens,
+            **kwargs,
         )
     from .local import SamplingConfig, TransformersAgent
 

@@ -70,7 +70,7 @@ def context_window(model: Any, tokenizer: Any) -> int | None:
 def generate_batch(
     model, tokenizer, prompt_ids: list[list[int]], sampling: SamplingConfig
 ) -> list[AgentResponse]:
-    """Sample one continuation per prompt; returns text plus the exact generated ids and their logprobs."""
+    """Sample one continuation per prompt: text plus the exact prompt ids, generated ids and their logprobs."""
     if not prompt_ids:
         return []
     device = next(model.parameters()).device
@@ -98,7 +98,7 @@ def generate_batch(
     logprobs = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
     responses = []
     eos = tokenizer.eos_token_id
-    for row, lps in zip(new_tokens.tolist(), logprobs.tolist(), strict=True):
+    for prompt, row, lps in zip(prompt_ids, new_tokens.tolist(), logprobs.tolist(), strict=True):
         n = len(row)
         finish = "length"
         if eos in row:
@@ -111,7 +111,8 @@ def generate_batch(
                 token_ids=ids,
                 logprobs=[float(x) for x in lps[:n]],
                 finish_reason=finish,
-                usage={"completion_tokens": n},
+                usage={"prompt_tokens": len(prompt), "completion_tokens": n},
+                prompt_ids=list(prompt),
             )
         )
     return responses

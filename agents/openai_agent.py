@@ -48,6 +48,13 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {text}" if cause is not exc else text
 
 
+def _token_ids(value: Any) -> list[int] | None:
+    """``value`` as token ids when it is a list of integers, else ``None`` (a server that does not say)."""
+    if isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+        return list(value)
+    return None
+
+
 def _status_message(exc: openai.APIStatusError) -> str:
     """The server's own error message (the client prefixes ``Error code: N - ``; the status is said already)."""
     body = exc.body
@@ -64,6 +71,11 @@ class OpenAIAgent:
     408/409/429 and 5xx answers. When they run out, ``act`` raises ``AgentError`` naming the URL and cause.
     ``timeout`` bounds each attempt as a whole (a server dripping bytes cannot stretch it), and a reply over
     ``max_reply_bytes`` is refused unread, as is one whose ``content`` is not a string.
+
+    ``return_tokens`` asks the server for the exact prompt and generated token ids and the generated tokens'
+    logprobs through vLLM's documented extra parameters (``return_token_ids``, vLLM >= 0.10.2, and
+    ``logprobs``); the response's ``prompt_ids``/``token_ids``/``logprobs`` stay ``None`` where a server
+    ignores them (OpenAI itself, older vLLM).
     """
 
     def __init__(
@@ -82,6 +94,7 @@ class OpenAIAgent:
         *,
         retry_backoff_s: float = _CLIENT_INITIAL_RETRY_DELAY,
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        return_tokens: bool = False,
     ):
         if not timeout > 0 or max_reply_bytes < 1:
             raise ValueError(f"timeout and max_reply_bytes must be > 0, got {timeout!r}, {max_reply_bytes!r}")
@@ -93,8 +106,12 @@ class OpenAIAgent:
         self.max_tokens = max_tokens
         self.timeout = timeout
         self.max_retries = max_retries
-        self.logprobs = logprobs
-        self.extra_body = dict(extra_body or {})
+        self.logprobs = logprobs or return_tokens
+        # Extra body keys a caller sets win over ours (e.g. return_token_ids=False for a server that rejects it).
+        self.extra_body = (
+            {"return_token_ids": True, **(extra_body or {})} if return_tokens else dict(extra_body or {})
+        )
+        self.return_tokens = return_tokens
         self.name = name or model
         self.retry_backoff_s = retry_backoff_s
         self.max_reply_bytes = max_reply_bytes
@@ -165,8 +182,6 @@ class OpenAIAgent:
         logprobs = None
         if choice.logprobs is not None and choice.logprobs.content:
             logprobs = [t.logprob for t in choice.logprobs.content]
-        # vLLM returns generated ids on the choice when asked (extra_body={"return_token_ids": True}).
-        token_ids = getattr(choice, "token_ids", None)
         usage = completion.usage
         if message.content is not None and not isinstance(message.content, str):
             raise AgentError(
@@ -175,7 +190,10 @@ class OpenAIAgent:
             )
         fields: dict[str, Any] = {
             "text": message.content or "",
-            "token_ids": list(token_ids) if isinstance(token_ids, list) else None,
+            # vLLM answers return_token_ids with the generated ids on the choice and the prompt's on the
+            # completion; the client keeps unknown fields as attributes. Absent or malformed: not known.
+            "token_ids": _token_ids(getattr(choice, "token_ids", None)),
+            "prompt_ids": _token_ids(getattr(completion, "prompt_token_ids", None)),
             "logprobs": logprobs,
             "finish_reason": choice.finish_reason,
             "usage": {

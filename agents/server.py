@@ -16,13 +16,13 @@ import contextlib
 import inspect
 import itertools
 import json
-import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from .chat_wire import as_message, stream_events, text_of, token_logprob, tokenize, vllm_token_ids
 from .http import HTTPError, HTTPRequest, read_request, write_chunked, write_drip, write_error, write_response
 
 Message = dict[str, Any]
@@ -31,23 +31,6 @@ Responder = Sequence[str] | Callable[[list[Message], dict[str, Any]], Any]
 #: One per-request action: ``{"status": 500}``, ``{"hang": 2.0}``, ``{"close": True}``, ``{"drip": 0.5}``,
 #: ``{"huge": 200_000_000}`` or ``None`` (normal).
 Fault = dict[str, Any] | None
-
-# Tokens keep their leading whitespace so that joining them gives back the text (as real tokenizers do).
-_TOKEN_RE = re.compile(r"\s*\S+(?:\s+$)?")
-
-
-def tokenize(text: str) -> list[str]:
-    """Whitespace tokens of ``text`` that concatenate back to it; the server's notion of a token."""
-    return _TOKEN_RE.findall(text)
-
-
-def _text_of(content: Any) -> str:
-    # Content is a string or a list of parts ({"type": "text", "text": ...}, images, ...).
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
 
 
 class ScriptedChatServer:
@@ -67,6 +50,14 @@ class ScriptedChatServer:
     ``latency_s`` delays every chat completion (not the models list) without blocking the loop.
     ``requests`` counts requests received, faulty ones included; ``last_request`` is the last chat body;
     ``in_flight`` is how many are being answered now and ``peak_in_flight`` the most at once (back-pressure).
+
+    ``tokenizer`` (e.g. the tiny model's) makes the server stand in for vLLM, which cannot run on this CPU
+    machine: a request with vLLM's ``return_token_ids`` gets ``prompt_token_ids`` (the tokenizer's chat
+    template applied to the messages and tools) on the completion and ``token_ids`` on each choice (the reply's
+    ids, ending with the end-of-turn token unless cut by ``max_tokens``), and ``logprobs`` then has one entry
+    per id. A responder's dict may give the sampled ``token_ids`` itself, its content then being their
+    decoding, as a sampler's is. Without a tokenizer the parameter is ignored, as OpenAI and older vLLM do;
+    streamed replies carry no ids.
     """
 
     def __init__(
@@ -77,6 +68,7 @@ class ScriptedChatServer:
         port: int = 0,
         model: str = "scripted",
         faults: Iterable[Fault] | None = None,
+        tokenizer: Any = None,
     ):
         if not callable(responder):
             responder = list(responder)
@@ -88,6 +80,7 @@ class ScriptedChatServer:
         self.port = port
         self.model = model
         self.faults = faults
+        self.tokenizer = tokenizer
         self.requests = 0
         self.in_flight = self.peak_in_flight = 0
         self.last_request: dict[str, Any] | None = None
@@ -283,19 +276,39 @@ class ScriptedChatServer:
             reply = self._reply(messages, body)
             if inspect.isawaitable(reply):
                 reply = await reply
-            message, finish_reason = _as_message(reply)
+            message, finish_reason = as_message(reply)
+            sampled = message.pop("token_ids", None)
+            if sampled is not None:
+                if self.tokenizer is None:
+                    raise ValueError("it gave token_ids but the server has no tokenizer to decode them")
+                message["content"] = self.tokenizer.decode(sampled, skip_special_tokens=True)
         except Exception as exc:  # a broken test responder should surface as a server error, not a hang
             raise HTTPError(500, f"responder failed: {type(exc).__name__}: {exc}", "server_error") from None
 
-        tokens = tokenize(message["content"]) if isinstance(message.get("content"), str) else []
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        if isinstance(limit, int) and 0 < limit < len(tokens):
-            tokens = tokens[:limit]
-            message["content"] = "".join(tokens)
-            finish_reason = "length"
+        ids = prompt_ids = None
+        if self.tokenizer is not None and body.get("return_token_ids") and not body.get("stream"):
+            try:
+                prompt_ids, ids, finish_reason = vllm_token_ids(
+                    self.tokenizer, messages, body, message, sampled, finish_reason
+                )
+            except Exception as exc:  # a template or tokenizer error is the server's, answered as such
+                raise HTTPError(
+                    500, f"tokenizer failed: {type(exc).__name__}: {exc}", "server_error"
+                ) from None
+            tokens = [self.tokenizer.decode([i]) for i in ids]
+        else:
+            tokens = tokenize(message["content"]) if isinstance(message.get("content"), str) else []
+            limit = body.get("max_completion_tokens") or body.get("max_tokens")
+            if isinstance(limit, int) and 0 < limit < len(tokens):
+                tokens = tokens[:limit]
+                message["content"] = "".join(tokens)
+                finish_reason = "length"
         if finish_reason is None:
             finish_reason = "tool_calls" if message.get("tool_calls") else "stop"
-        prompt_tokens = sum(len(_text_of(m.get("content")).split()) for m in messages)
+        if prompt_ids is not None:
+            prompt_tokens = len(prompt_ids)
+        else:
+            prompt_tokens = sum(len(text_of(m.get("content")).split()) for m in messages)
         n = max(1, int(body.get("n") or 1))
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -303,14 +316,14 @@ class ScriptedChatServer:
             "total_tokens": prompt_tokens + len(tokens) * n,
         }
         top = int(body.get("top_logprobs") or 0)
-        logprobs = [_token_logprob(t, i, top) for i, t in enumerate(tokens)] if body.get("logprobs") else None
+        logprobs = [token_logprob(t, i, top) for i, t in enumerate(tokens)] if body.get("logprobs") else None
         header = {
             "id": f"chatcmpl-{next(self._ids):012x}",
             "created": int(time.time()),
             "model": body.get("model") or self.model,
         }
         if body.get("stream"):
-            events = _stream_events(header, message, tokens, logprobs, finish_reason, n, usage, body)
+            events = stream_events(header, message, tokens, logprobs, finish_reason, n, usage, body)
             self._write_stream(writer, events, request.keep_alive)
             return
         choice_logprobs = {"content": logprobs, "refusal": None} if logprobs is not None else None
@@ -319,6 +332,10 @@ class ScriptedChatServer:
             for i in range(n)
         ]
         completion = {**header, "object": "chat.completion", "choices": choices, "usage": usage}
+        if ids is not None:  # where vLLM puts them
+            completion["prompt_token_ids"] = prompt_ids
+            for choice in choices:
+                choice["token_ids"] = ids
         write_response(writer, 200, json.dumps(completion).encode(), request.keep_alive)
 
     async def _huge(self, writer: asyncio.StreamWriter, size: int) -> None:
@@ -350,81 +367,6 @@ class ScriptedChatServer:
             out.append(b"%x\r\n%s\r\n" % (len(data), data))
         out.append(b"0\r\n\r\n")
         writer.write(b"".join(out))
-
-
-def _as_message(reply: Any) -> tuple[dict[str, Any], str | None]:
-    """Normalise a responder's return value to an assistant message and an optional finish reason."""
-    if isinstance(reply, str):
-        return {"role": "assistant", "content": reply}, None
-    if not isinstance(reply, dict):
-        raise TypeError(f"responder returned {type(reply).__name__}; expected str or dict")
-    message = dict(reply)
-    finish_reason = message.pop("finish_reason", None)
-    message.setdefault("role", "assistant")
-    message.setdefault("content", None)
-    if message.get("tool_calls"):
-        message["tool_calls"] = [_tool_call(call, i) for i, call in enumerate(message["tool_calls"])]
-    return message, finish_reason
-
-
-def _tool_call(call: dict[str, Any], index: int) -> dict[str, Any]:
-    # Tests may write arguments as a dict and omit ids; the wire format needs a JSON string and an id.
-    call = dict(call)
-    call.setdefault("id", f"call_{index}")
-    call.setdefault("type", "function")
-    function = dict(call.get("function") or {})
-    if not isinstance(function.get("arguments"), str):
-        function["arguments"] = json.dumps(function.get("arguments") or {})
-    call["function"] = function
-    return call
-
-
-def _token_logprob(token: str, index: int, top: int) -> dict[str, Any]:
-    # Deterministic, negative, varying values: plausible enough for parsers and for tests to compare.
-    logprob = -0.05 * (1 + index % 7)
-    entry = {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": []}
-    if top > 0:
-        alternatives = [(f"<alt{j}>", logprob - j) for j in range(1, top)]
-        entry["top_logprobs"] = [
-            {"token": t, "logprob": lp, "bytes": list(t.encode())}
-            for t, lp in [(token, logprob), *alternatives]
-        ]
-    return entry
-
-
-def _stream_events(
-    header: dict[str, Any],
-    message: dict[str, Any],
-    tokens: list[str],
-    logprobs: list[dict[str, Any]] | None,
-    finish_reason: str,
-    n: int,
-    usage: dict[str, int],
-    body: dict[str, Any],
-) -> list[Any]:
-    """The SSE ``chat.completion.chunk`` sequence for a reply, ending with ``[DONE]``."""
-    base = {**header, "object": "chat.completion.chunk"}
-
-    def chunk(index: int, delta: dict[str, Any], lp: Any = None, finish: str | None = None) -> dict[str, Any]:
-        return {
-            **base,
-            "choices": [{"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}],
-        }
-
-    events: list[Any] = []
-    for i in range(n):
-        events.append(chunk(i, {"role": "assistant", "content": ""}))
-        for k, token in enumerate(tokens):
-            lp = {"content": [logprobs[k]], "refusal": None} if logprobs is not None else None
-            events.append(chunk(i, {"content": token}, lp))
-        if message.get("tool_calls"):
-            calls = [{"index": j, **call} for j, call in enumerate(message["tool_calls"])]
-            events.append(chunk(i, {"tool_calls": calls}))
-        events.append(chunk(i, {}, None, finish_reason))
-    if (body.get("stream_options") or {}).get("include_usage"):
-        events.append({**base, "choices": [], "usage": usage})
-    events.append(b"[DONE]")
-    return events
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -6,6 +6,7 @@ Importing ``aligngym`` registers every built-in environment under the ``aligngym
 
 from aligngym.envs import StepResult, TextEnv, TextSpace, make, register, registered
 
+from .episode import run_episode
 from .rollout import RolloutSummary, play_episode, rollout
 from .trajectory import Trajectory, TrajectoryWriter, read_trajectories
 
@@ -25,4 +26,5 @@ __all__ = [
     "register",
     "registered",
     "rollout",
+    "run_episode",
 ]

@@ -90,7 +90,15 @@ def _parser() -> argparse.ArgumentParser:
     bu.add_argument("--tag", default="aligngym-sandbox:latest", help="image tag (default %(default)s)")
     bu.add_argument("--rebuild", action="store_true", help="build even when the image is up to date")
 
-    tr = sub.add_parser("train", help="train a policy from environment rewards (TRL)")
+    from aligngym.trainers.config import help_text
+
+    tr = sub.add_parser(
+        "train",
+        help="train a policy from environment rewards (TRL)",
+        description="Train from a YAML config whose keys are listed below (unknown keys are an error).",
+        epilog=f"config keys, grouped by the methods that read them:\n\n{help_text()}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     tr.add_argument("config", metavar="CONFIG.yaml", help="training config (see examples/quickstart.yaml)")
     tr.add_argument("--output-dir", help="overrides output_dir of the config")
     return parser
@@ -247,7 +255,7 @@ async def _rollout(args: argparse.Namespace) -> int:
     if args.max_sandboxes is not None and args.max_sandboxes < 1:
         raise UsageError("--max-sandboxes must be >= 1")
     if args.max_sandboxes is not None and not args.workers:
-        from aligngym.sandboxes.pool import set_max_sandboxes
+        from aligngym.sandboxes.cap import set_max_sandboxes
 
         set_max_sandboxes(args.max_sandboxes)
     _check_out(args, env_kwargs)

@@ -1,6 +1,6 @@
 """Rollouts on Ray: env instances and their agents live in actors; the driver writes the JSONL.
 
-Each actor plays episodes (``play_episode`` / ``play_multi_agent_episode``, the same code as a local run) and
+Each actor plays episodes (``run_episode`` on an ``EnvPool``, the same code as a local run) and
 returns trajectories; the driver keeps a bounded number in flight (back-pressure), writes each episode when
 it returns, and re-queues the episodes of an actor that died on a fresh actor. Episode ``i`` always has seed
 ``seed + i``, so a retried episode is the same episode and ``--resume`` works unchanged.
@@ -37,16 +37,15 @@ class _Worker:
         name: str = "",
     ):
         from aligngym.agents.factory import build_agent
-        from aligngym.envs.registry import make
+        from aligngym.episode import EnvPool
 
         if quota is not None:  # before any sandbox exists, so every one of them holds a ticket
-            from aligngym.sandbox_quota import RayQuotaGate
-            from aligngym.sandboxes.pool import set_cluster_gate
+            from aligngym.sandboxes.cap import set_cluster_gate
+            from aligngym.sandboxes.quota import RayQuotaGate
 
             set_cluster_gate(RayQuotaGate(quota, name))
 
-        self.env_id, self.env_kwargs = env_id, env_kwargs
-        self._registry_make = make
+        self._envs = EnvPool(env_id, env_kwargs)
         seats = agent_spec.get("seats")
         if seats:
             built = {
@@ -55,7 +54,6 @@ class _Worker:
             self.agent: Any = {seat: built[spec["model"]] for seat, spec in seats.items()}
         else:
             self.agent = build_agent(**agent_spec)
-        self._free: list[Any] = []
         self._turns = 0
 
     def _turn(self) -> None:
@@ -66,29 +64,8 @@ class _Worker:
         return self._turns
 
     async def play(self, episode: int, seed: int) -> list[dict[str, Any]]:
-        """One episode; returns its trajectories (one per seat for multi-agent envs) as dicts."""
-        from aligngym.rollout import play_episode, play_multi_agent_episode, seat_agents
-
-        if self._free:
-            env = self._free.pop()
-        else:
-            env = self._registry_make(self.env_id, **self.env_kwargs)
-            env = getattr(env, "unwrapped", env)
-        group = []
-        try:
-            if hasattr(env, "possible_agents"):
-                group = await play_multi_agent_episode(
-                    env, seat_agents(env, self.agent), self.env_id, episode, seed, self._turn
-                )
-            else:
-                group = [await play_episode(env, self.agent, self.env_id, episode, seed, self._turn)]
-        finally:
-            if group and not group[0].error:
-                self._free.append(env)
-            else:  # as a local run does: an env may be mid-episode in an unknown state after a failure
-                with contextlib.suppress(Exception):
-                    env.close()
-        return [asdict(t) for t in group]
+        """One episode (``run_episode``, as a local run plays it); its trajectories, one per seat, as dicts."""
+        return [asdict(t) for t in await self._envs.play(self.agent, episode, seed, self._turn)]
 
     def pid(self) -> int:
         """The actor's process id (for tests and diagnostics)."""
@@ -158,7 +135,7 @@ async def rollout_ray(
     spawned = iter(range(10**9))
     quota = None
     if max_sandboxes is not None:
-        from .sandbox_quota import SandboxQuota
+        from aligngym.sandboxes.quota import SandboxQuota
 
         quota = ray.remote(SandboxQuota).options(name=f"{prefix}-quota").remote(max_sandboxes)
     actors: list[Any] = [None] * workers

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +12,8 @@ from typing import Any
 from aligngym.agents.base import Agent
 from aligngym.envs.registry import make
 
+from .episode import EnvPool, run_episode, seat_agents
 from .trajectory import RunKey, Trajectory, TrajectoryWriter
-
-#: Hard stop for environments whose episodes never end, so one bad env cannot hang a run.
-MAX_TURNS_GUARD = 1000
 
 
 class RolloutAborted(RuntimeError):
@@ -55,120 +51,8 @@ async def play_episode(
     seed: int | None,
     on_turn: Callable[[], None] | None = None,
 ) -> Trajectory:
-    """Play one episode; any exception becomes the trajectory's ``error`` instead of propagating.
-
-    ``on_turn`` is called after every turn (the progress bar counts turns with it).
-    """
-    traj = Trajectory(
-        env_id=env_id, episode=episode, seed=seed, agent=agent.name, episode_id=uuid.uuid4().hex
-    )
-    start = time.perf_counter()
-    astep = getattr(env, "astep", None)
-    info: dict[str, Any] = {}
-    try:
-        _, info = env.reset(seed=seed)
-        traj.messages = info.get("messages", [])
-        while traj.turns < MAX_TURNS_GUARD:
-            tools = getattr(env, "tool_schemas", None)
-            response = await (agent.act(traj.messages, tools=tools) if tools else agent.act(traj.messages))
-            action = _action(response)
-            step = await astep(action) if astep else env.step(action)
-            _, reward, terminated, truncated, info = step
-            traj.turns += 1
-            if on_turn:
-                on_turn()
-            traj.rewards.append(float(reward))
-            traj.messages = info.get("messages", traj.messages)
-            if terminated or truncated:
-                traj.terminated, traj.truncated = bool(terminated), bool(truncated)
-                break
-        else:
-            raise RuntimeError(
-                f"episode did not end within {MAX_TURNS_GUARD} turns; set max_turns on the env"
-            )
-    except Exception as exc:
-        traj.error = f"{type(exc).__name__}: {exc}".strip()
-    traj.reward = sum(traj.rewards)
-    traj.reward_components = dict(info.get("reward_components", {}))
-    traj.info = {k: v for k, v in info.items() if k not in ("messages", "reward_components")}
-    traj.duration_s = time.perf_counter() - start
-    return traj
-
-
-async def play_multi_agent_episode(
-    env: Any,
-    seats: dict[str, Agent],
-    env_id: str,
-    episode: int,
-    seed: int | None,
-    on_turn: Callable[[], None] | None = None,
-) -> list[Trajectory]:
-    """Play one multi-agent episode; returns one trajectory per seat, linked by ``episode_id``."""
-    episode_id = uuid.uuid4().hex
-    start = time.perf_counter()
-    trajs = {
-        seat: Trajectory(
-            env_id=env_id,
-            episode=episode,
-            seed=seed,
-            agent=agent.name,
-            episode_id=episode_id,
-            agent_id=seat,
-            num_agents=len(seats),
-        )
-        for seat, agent in seats.items()
-    }
-    infos: dict[str, dict[str, Any]] = {}
-    error = None
-    try:
-        _, infos = env.reset(seed=seed)
-        for seat, traj in trajs.items():
-            traj.messages = infos[seat]["messages"]
-        rounds = 0
-        while env.agents:
-            if rounds >= MAX_TURNS_GUARD:
-                raise RuntimeError(f"episode did not end within {MAX_TURNS_GUARD} rounds")
-            live = list(env.agents)
-            replies = await asyncio.gather(*(seats[a].act(trajs[a].messages) for a in live))
-            step = env.astep if hasattr(env, "astep") else None
-            actions = {a: r.text for a, r in zip(live, replies, strict=True)}
-            _, rewards, terminations, truncations, step_infos = (
-                await step(actions) if step else env.step(actions)
-            )
-            rounds += 1
-            if on_turn:
-                on_turn()
-            for a in live:
-                traj = trajs[a]
-                traj.turns += 1
-                traj.rewards.append(float(rewards.get(a, 0.0)))
-                infos[a] = step_infos.get(a, infos.get(a, {}))
-                traj.messages = infos[a].get("messages", traj.messages)
-                traj.terminated = bool(terminations.get(a, False))
-                traj.truncated = bool(truncations.get(a, False))
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}".strip()
-    duration = time.perf_counter() - start
-    for seat, traj in trajs.items():
-        info = infos.get(seat, {})
-        traj.error = error
-        traj.reward = sum(traj.rewards)
-        traj.reward_components = dict(info.get("reward_components", {}))
-        traj.info = {k: v for k, v in info.items() if k not in ("messages", "reward_components")}
-        traj.duration_s = duration
-    return list(trajs.values())
-
-
-def seat_agents(env: Any, agent: Agent | dict[str, Agent]) -> dict[str, Agent]:
-    """Map every seat of a multi-agent env to a policy: one policy for all (self-play) or one per seat."""
-    seats = list(env.possible_agents)
-    if not isinstance(agent, dict):
-        return dict.fromkeys(seats, agent)
-    missing = [s for s in seats if s not in agent]
-    unknown = [s for s in agent if s not in seats]
-    if missing or unknown:
-        raise ValueError(f"seat map must name each of {seats}; missing {missing}, unknown {unknown}")
-    return dict(agent)
+    """One single-agent episode (``run_episode`` for one policy); errors become the trajectory's ``error``."""
+    return (await run_episode(env, agent, seed, env_id=env_id, episode=episode, on_turn=on_turn))[0]
 
 
 async def rollout(
@@ -193,11 +77,12 @@ async def rollout(
     env_kwargs = env_kwargs or {}
     if episodes < 0 or concurrency < 1:
         raise ValueError("episodes must be >= 0 and concurrency >= 1")
-    first_env = _unwrapped(make(env_id, **env_kwargs))  # bad env ids and kwargs fail here, before any work
-    multi = hasattr(first_env, "possible_agents")
-    seats = seat_agents(first_env, agent) if multi else None
-    if not multi and isinstance(agent, dict):
+    first_env = make(env_id, **env_kwargs)  # bad env ids and kwargs fail here, before any work
+    if not hasattr(first_env, "possible_agents") and isinstance(agent, dict):
         raise ValueError(f"{env_id} is single-agent: pass one agent, not a seat map")
+    if hasattr(first_env, "possible_agents"):
+        seat_agents(first_env, agent)  # a seat map that misses or invents a seat fails before any work
+    envs = EnvPool(env_id, env_kwargs, spare=first_env)
     writer = TrajectoryWriter(out, resume=resume, run=RunKey(env_id, seed, env_kwargs))
     todo = [i for i in range(episodes) if i not in writer.done]
     skipped = episodes - len(todo)
@@ -205,25 +90,11 @@ async def rollout(
     for i in todo:
         queue.put_nowait(i)
     tally = Tally(writer, len(todo), env_id, progress, fail_fast=fail_fast)
-    spare = [first_env]
 
     async def worker() -> None:
-        env = spare.pop() if spare else _unwrapped(make(env_id, **env_kwargs))
-        try:
-            while not queue.empty() and tally.aborted is None:
-                i = queue.get_nowait()
-                if multi:
-                    group = await play_multi_agent_episode(env, seats, env_id, i, seed + i, tally.turn)
-                else:
-                    group = [await play_episode(env, agent, env_id, i, seed + i, tally.turn)]
-                if not tally.record(group):
-                    # The env may be mid-episode in an unknown state; a fresh one is cheap insurance.
-                    with contextlib.suppress(Exception):
-                        env.close()
-                    env = _unwrapped(make(env_id, **env_kwargs))
-        finally:
-            with contextlib.suppress(Exception):
-                env.close()
+        while not queue.empty() and tally.aborted is None:
+            i = queue.get_nowait()
+            tally.record(await envs.play(agent, i, seed + i, tally.turn))
 
     try:
         if tally.bar:
@@ -232,22 +103,11 @@ async def rollout(
     finally:
         if tally.bar:
             tally.bar.stop()
+        envs.close()
         writer.close()
     if tally.aborted is not None:
         raise RolloutAborted(tally.aborted)
     return tally.summary(out, episodes, skipped)
-
-
-def _action(response: Any) -> str | dict[str, Any]:
-    """What the env receives: the text, or the whole assistant message when the model made native tool calls."""
-    if getattr(response, "tool_calls", None):
-        return {"role": "assistant", "content": response.text, "tool_calls": response.tool_calls}
-    return response.text
-
-
-def _unwrapped(env: Any) -> Any:
-    # Gymnasium wrappers hide ``astep``; PettingZoo envs from our registry are not wrapped.
-    return getattr(env, "unwrapped", env)
 
 
 class Tally:

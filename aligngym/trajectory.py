@@ -7,7 +7,10 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aligngym.agents.base import AgentResponse
 
 
 @dataclass
@@ -34,10 +37,38 @@ class Trajectory:
     num_agents: int = 1
     #: The env arguments of the run that wrote the row, so ``--resume`` can refuse a different run.
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Per assistant turn whose backend said them, the exact tokens: ``{"turn", "prompt_ids",
+    #: "completion_ids", "logprobs"}`` (``turn`` 0-based; an unknown list is null). Absent from the row if none.
+    tokens: list[dict[str, Any]] | None = None
+
+    def add_turn_tokens(self, response: AgentResponse, turn: int | None = None) -> None:
+        """Keep ``response``'s prompt ids, generated ids and logprobs as turn ``turn`` (default: ``turns``).
+
+        Call it once ``act`` has answered and before ``turns`` counts the turn; a response without generated
+        ids (the backend did not say) adds nothing.
+        """
+        if response.token_ids is None:
+            return
+        logprobs = response.logprobs
+        # One logprob per generated id, or they cannot be told apart: unknown rather than misaligned.
+        if logprobs is not None and len(logprobs) != len(response.token_ids):
+            logprobs = None
+        entry = {
+            "turn": self.turns if turn is None else turn,
+            "prompt_ids": None if response.prompt_ids is None else list(response.prompt_ids),
+            "completion_ids": list(response.token_ids),
+            "logprobs": None if logprobs is None else [float(x) for x in logprobs],
+        }
+        if self.tokens is None:
+            self.tokens = []
+        self.tokens.append(entry)
 
     def to_json(self) -> str:
         """One line of JSON (no newline); non-JSON values in ``info`` are stringified, not dropped."""
-        return json.dumps(_jsonable(asdict(self)), ensure_ascii=False, allow_nan=False)
+        row = asdict(self)
+        if row["tokens"] is None:
+            del row["tokens"]  # rows of backends without token ids stay as compact as before
+        return json.dumps(_jsonable(row), ensure_ascii=False, allow_nan=False)
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Trajectory:

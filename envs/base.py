@@ -65,9 +65,12 @@ class StepResult:
 class TextEnv(gym.Env[str, str], abc.ABC):
     """A chat-shaped environment: ``reset`` gives the first user message, ``step`` takes the assistant's reply.
 
-    Subclasses implement ``new_episode`` (pick a task from ``self.np_random``, return the first message) and
-    ``turn`` (score one assistant message); this class owns the message history, turn limit, truncation,
-    reward components and the ``info`` layout, so no environment re-implements the turn loop.
+    Subclasses implement three hooks, each in its sync or its async form: ``new_episode``/``anew_episode``
+    (pick a task from ``self.np_random``, return the first message), ``turn``/``aturn`` (score one assistant
+    message) and, when an episode holds something, ``end_episode``/``aend_episode``. Environments that wait
+    (sandboxes, servers, models) write the async form, so nothing they do blocks the event loop. This class
+    owns the message history, turn limit, truncation, reward components and the ``info`` layout in one
+    async core (``areset``, ``astep``); ``reset`` and ``step`` are thin sync wrappers around it.
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -77,10 +80,20 @@ class TextEnv(gym.Env[str, str], abc.ABC):
     tool_schemas: list[dict[str, Any]] | None = None
     #: Whether ``turn`` receives assistant messages as dicts (with ``tool_calls``) instead of their text.
     accepts_messages: bool = False
+    #: Which hooks are written async (set per class). The core calls a sync hook directly (no coroutine per
+    #: step), and when none is async the sync wrappers need no event loop.
+    _async_hooks: frozenset[str] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._async_hooks = frozenset(n for n in _ASYNC_HOOKS if getattr(cls, n) is not getattr(TextEnv, n))
 
     def __init__(self, max_turns: int = 1, system_prompt: str | None = None, render_mode: str | None = None):
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        for sync, async_ in (("new_episode", "anew_episode"), ("turn", "aturn")):
+            if not any(getattr(type(self), n) is not getattr(TextEnv, n) for n in (sync, async_)):
+                raise TypeError(f"{type(self).__name__} must implement {sync} or {async_}")
         self.max_turns = max_turns
         self.system_prompt = system_prompt
         self.render_mode = render_mode
@@ -93,64 +106,103 @@ class TextEnv(gym.Env[str, str], abc.ABC):
         #: An episode was started (reset) and has not ended yet: the next reset ends it first.
         self._episode_open = False
 
-    # -- to implement -------------------------------------------------------------------------------
-    @abc.abstractmethod
+    # -- to implement: each hook in its sync or its async form ------------------------------------------
     def new_episode(self, options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
         """Choose this episode's task (using ``self.np_random``) and return the first user message and info."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    async def anew_episode(self, options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+        """Async ``new_episode``, for environments that wait to set an episode up (e.g. for a sandbox)."""
+        return self.new_episode(options)
+
     def turn(self, action: str) -> StepResult:
         """Score one assistant message; return the next observation, reward and whether the task is done."""
+        raise NotImplementedError
 
     async def aturn(self, action: str) -> StepResult:
-        """Async twin of ``turn``; environments that block (sandboxes, servers) override it."""
+        """Async ``turn``; environments that block (sandboxes, servers) write this one."""
         return self.turn(action)
 
     def end_episode(self) -> None:
         """Free what only a running episode needs (e.g. give a pooled sandbox back); called once it ends."""
 
+    async def aend_episode(self) -> None:
+        """Async ``end_episode`` (giving a sandbox back resets it: environments holding one write this)."""
+        self.end_episode()
+
     def close(self) -> None:
-        self._episode_open = False
-        self.end_episode()  # an episode cut short still gives back what it held
+        self._end_now()  # an episode cut short still gives back what it held
         super().close()
 
-    # -- gymnasium API ------------------------------------------------------------------------------
+    # -- gymnasium API: the sync forms -----------------------------------------------------------------
+    # With an async hook they run the async core on a loop (run_sync). An env whose hooks are all sync takes
+    # the same steps here directly, with no coroutine per step: both forms share every step but the awaits.
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
-        # An episode abandoned mid-way ends here: its pooled sandbox goes back and is reset, so nothing it
-        # planted (files, processes) reaches the next episode.
-        self._end_open_episode()
+        if self._async_hooks:
+            return run_sync(self.areset(seed=seed, options=options))
+        if self._episode_open:
+            self._episode_open = False
+            self.end_episode()
+        self._begin(seed)
+        return self._first(*self.new_episode(options))
+
+    def step(self, action: str | Message) -> tuple[str, float, bool, bool, dict]:
+        if self._async_hooks:
+            return run_sync(self.astep(action))
+        out = self._after_turn(self.turn(self._before_turn(action)))
+        if self._done:  # an env parked between episodes must not hold a sandbox others wait for
+            self.end_episode()
+        return out
+
+    def _end_now(self) -> None:
+        if self._async_hooks:
+            run_sync(self._aend())
+        else:
+            self._episode_open = False
+            self.end_episode()
+
+    # -- the async core ---------------------------------------------------------------------------------
+    async def areset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict]:
+        """Start an episode; one abandoned mid-way is ended first (its sandbox given back and reset)."""
+        # Nothing the abandoned episode planted (files, processes) may reach the next one.
+        if self._episode_open:
+            await self._aend()
+        self._begin(seed)
+        if "anew_episode" in self._async_hooks:
+            return self._first(*await self.anew_episode(options))
+        return self._first(*self.new_episode(options))
+
+    async def astep(self, action: str | Message) -> tuple[str, float, bool, bool, dict]:
+        """Play one assistant turn: the rollout loop awaits it, so a waiting env does not stall others."""
+        turn = self._before_turn(action)
+        out = self._after_turn(await self.aturn(turn) if "aturn" in self._async_hooks else self.turn(turn))
+        if self._done:  # an env parked between episodes must not hold a sandbox others wait for
+            await self._aend()
+        return out
+
+    async def _aend(self) -> None:
+        self._episode_open = False
+        if "aend_episode" in self._async_hooks:
+            await self.aend_episode()
+        else:
+            self.end_episode()
+
+    # -- the steps both forms share ---------------------------------------------------------------------
+    def _begin(self, seed: int | None) -> None:
         super().reset(seed=seed)
         self._episode_open = True  # before new_episode: what a failing one took is given back next time
         self.turns = 0
         self.episode_reward = 0.0
         self._done = False
-        observation, info = self.new_episode(options)
+
+    def _first(self, observation: str, info: dict[str, Any]) -> tuple[str, dict]:
         self.messages = []
         if self.system_prompt:
             self.messages.append({"role": "system", "content": self.system_prompt})
         self.messages.append({"role": "user", "content": observation})
         return observation, self._info(info, {})
-
-    async def areset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[str, dict]:
-        """Async ``reset``: an open episode is ended (its sandbox reset) in a worker thread."""
-        if self._episode_open:
-            self._episode_open = False
-            await asyncio.to_thread(self.end_episode)
-        return self.reset(seed=seed, options=options)
-
-    def _end_open_episode(self) -> None:
-        if self._episode_open:
-            self._episode_open = False
-            self.end_episode()
-
-    def step(self, action: str | Message) -> tuple[str, float, bool, bool, dict]:
-        return self._after_turn(self.turn(self._before_turn(action)))
-
-    async def astep(self, action: str | Message) -> tuple[str, float, bool, bool, dict]:
-        """Async ``step``: the rollout loop uses it so that a blocking environment does not stall others."""
-        return self._after_turn(await self.aturn(self._before_turn(action)))
 
     def render(self) -> str | None:
         if self.render_mode == "ansi":
@@ -174,6 +226,7 @@ class TextEnv(gym.Env[str, str], abc.ABC):
         return message if self.accepts_messages else message["content"]
 
     def _after_turn(self, result: StepResult) -> tuple[str, float, bool, bool, dict]:
+        """Record the turn's result; ``_done`` tells the caller to end the episode (its sync or async way)."""
         # A single-turn task ends with its one answer: that is a terminal state, not a cut-off (and
         # gymnasium's checker rightly rejects truncation after one step). Multi-turn episodes that run out
         # of turns are truncated.
@@ -181,9 +234,7 @@ class TextEnv(gym.Env[str, str], abc.ABC):
         truncated = not terminated and self.turns >= self.max_turns
         self._done = terminated or truncated
         if self._done:
-            # An env parked between episodes must not hold a sandbox that another episode waits for.
-            self._episode_open = False
-            self.end_episode()
+            self._episode_open = False  # it ends now: the next reset has nothing left to end
         if result.messages is not None:
             self.messages.extend(dict(m) for m in result.messages)
         elif not self._done:
@@ -203,6 +254,19 @@ class TextEnv(gym.Env[str, str], abc.ABC):
 def rng_choice_index(rng: np.random.Generator, n: int) -> int:
     """A seeded index in ``range(n)``; environments pick tasks with it so same seed gives same task."""
     return int(rng.integers(0, n))
+
+
+_ASYNC_HOOKS = ("anew_episode", "aturn", "aend_episode")
+
+
+def finish_now(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (it awaits only other such coroutines) to its end, loop-free."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("a sync environment hook awaited something: write the hook's async form instead")
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

@@ -7,26 +7,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from aligngym.feedback.unit_tests import CodeTask, UnitTestVerifier, VerifyResult
+from aligngym.feedback.answers import extract_code as extract_code  # the answer's code (re-exported)
+from aligngym.feedback.base import FeedbackResult
+from aligngym.feedback.unit_tests import CodeTask, UnitTestVerifier
 from aligngym.sandboxes.lease import SandboxLease
 
-from .answers import fenced_blocks, pick_task
 from .base import StepResult, TextEnv
-from .datasets import checked_tasks, load_rows
+from .datasets import checked_tasks, load_rows, pick_task
 
-_PY_LANGS = {"", "python", "python3", "py"}
 _INSTRUCTION = "Answer with the complete solution in a single ```python code block."
-_FEEDBACK_LIMIT = 1500
-
-
-def extract_code(text: str) -> str:
-    """The last ```python / ```py / bare ``` block of ``text``; the whole text when there is none.
-
-    Fences are read line by line, so a ```bash block's closing fence never opens a python block; a final
-    python block left unclosed (a cut-off answer) still counts.
-    """
-    blocks = fenced_blocks(text, _PY_LANGS)
-    return blocks[-1] + "\n" if blocks else text
 
 
 def load_tasks(source: str | Path | Iterable[Mapping[str, Any] | CodeTask] | None = None) -> list[CodeTask]:
@@ -104,31 +93,24 @@ class CodeExecEnv(TextEnv):
             return f"Complete the following Python function.\n\n```python\n{task.prompt.rstrip()}\n```\n\n{_INSTRUCTION}"
         return f"{task.prompt.rstrip()}\n\n{_INSTRUCTION}"
 
-    def turn(self, action: str) -> StepResult:
-        task = self._current_task()
-        return self._score(self._get_verifier().verify(extract_code(action), task))
-
     async def aturn(self, action: str) -> StepResult:
         task = self._current_task()
-        verifier = self._verifier or await asyncio.to_thread(self._get_verifier)
-        return self._score(await verifier.averify(extract_code(action), task))
+        if self._verifier is None:
+            self._verifier = UnitTestVerifier(
+                await self._lease.aget(), timeout=self.timeout, reveal_expected=self.feedback == "full"
+            )
+        examples = self._examples(task.total)
+        return self._score(await self._verifier.ascore(self.messages, action, task=task, examples=examples))
 
-    def end_episode(self) -> None:
-        self._lease.release()
+    async def aend_episode(self) -> None:
         self._verifier = None
+        await asyncio.to_thread(self._lease.release)  # the pool resets the sandbox: that waits on processes
 
     # -- helpers ------------------------------------------------------------------------------------
     def _current_task(self) -> CodeTask:
         if self.task is None:
             raise RuntimeError("call reset() before step()")
         return self.task
-
-    def _get_verifier(self) -> UnitTestVerifier:
-        if self._verifier is None:
-            self._verifier = UnitTestVerifier(
-                self._lease.get(), timeout=self.timeout, reveal_expected=self.feedback == "full"
-            )
-        return self._verifier
 
     def _examples(self, total: int) -> int:
         """How many leading tests self-debug feedback may show; the reward counts only the others.
@@ -142,33 +124,16 @@ class CodeExecEnv(TextEnv):
             return 0
         return max(1, total // 3)
 
-    def _score(self, result: VerifyResult) -> StepResult:
-        shown = self._examples(result.total)
-        graded = result.details[shown:]
-        rate = sum(d.passed for d in graded) / len(graded) if graded else 0.0
+    def _score(self, result: FeedbackResult) -> StepResult:
+        rate = result.score
         reward = rate - self._last_rate  # sums to the final graded pass rate over a self-debug episode
         self._last_rate = rate
-        done = result.all_passed or self.max_turns == 1
-        if result.all_passed:
-            observation = "All tests passed."
-        else:
-            only = range(shown) if shown else None
-            observation = f"{result.feedback(_FEEDBACK_LIMIT, only=only)}\n\nFix the code."
+        all_passed = bool(result.components["all_passed"])
+        observation = "All tests passed." if all_passed else f"{result.rationale}\n\nFix the code."
         return StepResult(
             observation=observation,
             reward=reward,
-            terminated=done,
-            components={
-                "pass_rate": rate,
-                "all_passed": float(result.all_passed),
-                "syntax_error": float(result.syntax_error),
-                "timeout": float(result.timed_out),
-            },
-            info={
-                "task_id": self._current_task().id,
-                "passed": result.passed,
-                "total": result.total,
-                "examples": shown,
-                "status": result.status,
-            },
+            terminated=all_passed or self.max_turns == 1,
+            components=dict(result.components),
+            info={"task_id": self._current_task().id, **result.info},
         )

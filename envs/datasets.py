@@ -72,3 +72,13 @@ def checked_tasks(tasks: list[Any], kind: str) -> list[Any]:
             raise ValueError(f"{kind} task {task.id!r}: duplicate id")
         seen.add(task.id)
     return tasks
+
+
+def pick_task(tasks: list, by_id: dict, rng, options: dict | None):
+    """The task ``options["task_id"]`` names, else one drawn with the episode's seeded ``rng``."""
+    task_id = (options or {}).get("task_id")
+    if task_id is None:
+        return tasks[int(rng.integers(0, len(tasks)))]
+    if str(task_id) not in by_id:
+        raise ValueError(f"unknown task_id {task_id!r}")
+    return by_id[str(task_id)]

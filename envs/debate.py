@@ -6,9 +6,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aligngym.feedback.answers import answers_agree, text_agree
+from aligngym.feedback.answers import (
+    answers_agree,
+    is_number,
+    majority,
+    parse_choice,
+    parse_number,
+    parse_short,
+    text_agree,
+)
 
-from .answers import is_number, majority, parse_choice, parse_number, parse_short
 from .datasets import load_rows
 from .multi_agent import MultiAgentTextEnv, RoundResult
 

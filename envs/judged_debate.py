@@ -14,8 +14,8 @@ from typing import Any
 
 from aligngym.agents.base import Agent, AgentResponse, Message
 from aligngym.agents.factory import resolve_agent
+from aligngym.feedback.answers import normalize
 
-from .answers import normalize
 from .datasets import load_rows
 from .multi_agent import MultiAgentTextEnv, RoundResult, run_sync
 

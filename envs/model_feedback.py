@@ -195,9 +195,6 @@ class FeedbackEnv(TextEnv):
         reward, components = self.shape(result, action)
         return StepResult("", reward, True, components, self._result_info(result))
 
-    def turn(self, action: str) -> StepResult:
-        return run_sync(self.aturn(action))
-
     def _result_info(self, result: FeedbackResult) -> dict[str, Any]:
         return {"task_id": self.task.id, "rationale": result.rationale, "feedback": dict(result.info)}
 

@@ -14,7 +14,7 @@ from typing import Any
 from gymnasium.utils import seeding
 from pettingzoo import ParallelEnv
 
-from .base import Message, TextSpace, run_sync
+from .base import Message, TextSpace, finish_now, run_sync
 
 
 @dataclass
@@ -59,6 +59,10 @@ class MultiAgentTextEnv(ParallelEnv, abc.ABC):
     def new_episode(self, options: dict[str, Any] | None) -> dict[str, str]:
         """Choose this episode's task with ``self.np_random``; return each agent's first message."""
 
+    async def anew_episode(self, options: dict[str, Any] | None) -> dict[str, str]:
+        """Async ``new_episode``, for environments that wait to set an episode up."""
+        return self.new_episode(options)
+
     @abc.abstractmethod
     async def play_round(self, actions: dict[str, str]) -> RoundResult:
         """Apply every agent's message for this round; return what each agent sees and earns next."""
@@ -71,6 +75,16 @@ class MultiAgentTextEnv(ParallelEnv, abc.ABC):
         return self._action_spaces[agent]
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None):
+        # The async core, finished here without an event loop unless the env sets episodes up async.
+        coro = self.areset(seed=seed, options=options)
+        return (
+            run_sync(coro)
+            if type(self).anew_episode is not MultiAgentTextEnv.anew_episode
+            else finish_now(coro)
+        )
+
+    async def areset(self, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start an episode: each agent's first message and info."""
         if seed is not None:
             self.np_random, _ = seeding.np_random(seed)
             for i, agent in enumerate(self.possible_agents):
@@ -78,7 +92,7 @@ class MultiAgentTextEnv(ParallelEnv, abc.ABC):
         self.agents = list(self.possible_agents)
         self.rounds = 0
         self._episode_info = {}
-        first = self.new_episode(options)
+        first = await self.anew_episode(options)
         self.messages = {a: [{"role": "user", "content": first[a]}] for a in self.agents}
         return dict(first), {a: self._info(a, {}, {}) for a in self.agents}
 

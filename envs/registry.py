@@ -1,20 +1,25 @@
 """One registry for every aligngym environment, on top of Gymnasium's.
 
 Single-agent environments are registered with ``gymnasium.register`` so ``gym.make`` works; the table here
-adds what Gymnasium does not keep: a one-line description and the kind (single- or multi-agent).
+adds what Gymnasium does not keep: a one-line description and the kind (single- or multi-agent). The
+description has one source, the entry point: its ``description`` attribute, else its docstring's first line.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import functools
+import importlib.util
 import inspect
 import math
 import numbers
+import sys
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -28,12 +33,62 @@ class EnvEntry:
 
     id: str
     entry_point: Callable[..., Any] | str
-    description: str = ""
     multi_agent: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    @functools.cached_property
+    def description(self) -> str:
+        """The entry point's ``description`` (else its docstring's first line), for ``aligngym envs``."""
+        if isinstance(self.entry_point, str):
+            module, _, name = self.entry_point.partition(":")
+            if module not in sys.modules:  # read it from the source: listing envs need not import them all
+                written = _class_descriptions(module).get(name, "").strip()
+                if written:
+                    return written
+        own = getattr(self._factory, "description", "")
+        if isinstance(own, str) and own.strip():
+            return own.strip()
+        doc = (getattr(self._factory, "__doc__", None) or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    @functools.cached_property
+    def _factory(self) -> Callable[..., Any]:
+        # Resolved on first use, so registering by "module:Class" imports nothing.
+        return _resolve(self.entry_point)
+
+    @functools.cached_property
+    def _hints(self) -> dict[str, Any] | None:
+        # Resolved once per registration: make() checks kwargs against them on every call.
+        factory = self._factory
+        try:
+            return typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+        except Exception:  # an annotation that does not resolve here: leave the checking to the env
+            return None
+
 
 _ENTRIES: dict[str, EnvEntry] = {}
+
+
+@functools.cache
+def _class_descriptions(module: str) -> dict[str, str]:
+    """Class name -> the string literal its body assigns to ``description``, read from ``module``'s source.
+
+    Only what the class itself writes as a literal; anything else (inherited, computed) is left to the import.
+    """
+    try:
+        spec = importlib.util.find_spec(module)
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))  # type: ignore[union-attr, arg-type]
+    except Exception:  # not a plain source module: the caller imports it instead
+        return {}
+    found = {}
+    for node in tree.body:
+        for stmt in node.body if isinstance(node, ast.ClassDef) else ():
+            target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else None
+            value = getattr(stmt, "value", None)
+            is_description = isinstance(target, ast.Name) and target.id == "description"
+            if is_description and isinstance(value, ast.Constant) and isinstance(value.value, str):
+                found[node.name] = value.value
+    return found
 
 
 class UnknownEnvError(KeyError):
@@ -47,24 +102,25 @@ def register(
     id: str,
     entry_point: Callable[..., Any] | str,
     *,
-    description: str | None = None,
     multi_agent: bool = False,
     **kwargs: Any,
 ) -> None:
-    """Register an environment class (or ``"module:Class"``) under ``id``; ``kwargs`` become its defaults."""
+    """Register an environment class (or ``"module:Class"``) under ``id``; ``kwargs`` become its defaults.
+
+    ``aligngym envs`` shows the class's ``description`` (else its docstring's first line): write it there.
+    """
     if "/" not in id:
         raise ValueError(f"env id {id!r} needs a namespace, e.g. 'myproject/{id}'")
-    if description is None:
-        cls = entry_point if not isinstance(entry_point, str) else None
-        description = (
-            (getattr(cls, "description", "") or (cls.__doc__ or "").strip().split("\n")[0]) if cls else ""
+    if "description" in kwargs:  # it would otherwise become a constructor default
+        raise TypeError(
+            "register() takes no description: set the class's `description` attribute (or its docstring)"
         )
     if multi_agent:
         # Gymnasium cannot build PettingZoo envs, but gym.make should say where to go, not "NameNotFound".
         gym.register(id=id, entry_point=functools.partial(_not_a_gym_env, id), disable_env_checker=True)
     else:
         gym.register(id=id, entry_point=entry_point, kwargs=kwargs, disable_env_checker=True)
-    _ENTRIES[id] = EnvEntry(id, entry_point, description or "", multi_agent, dict(kwargs))
+    _ENTRIES[id] = EnvEntry(id, entry_point, multi_agent, dict(kwargs))
 
 
 def _not_a_gym_env(id: str, **_: Any) -> Any:
@@ -151,10 +207,8 @@ def check_kwargs(id: str, kwargs: dict[str, Any]) -> None:
         bad = _non_finite(value, name)
         if bad:
             raise ValueError(f"{bad} must be a finite number, got {value!r}")
-    factory = _resolve(spec(id).entry_point)
-    try:
-        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
-    except Exception:  # an annotation that does not resolve here: leave the checking to the env
+    hints = spec(id)._hints
+    if hints is None:
         return
     for name, value in kwargs.items():
         allowed = _scalar_types(hints.get(name))
@@ -171,5 +225,5 @@ def make(id: str, **kwargs: Any) -> Any:
     entry = spec(id)
     check_kwargs(id, kwargs)
     if entry.multi_agent:
-        return _resolve(entry.entry_point)(**{**entry.kwargs, **kwargs})
+        return entry._factory(**{**entry.kwargs, **kwargs})
     return gym.make(id, **kwargs)

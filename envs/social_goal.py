@@ -13,25 +13,22 @@ At the end the evaluator scores each character on Sotopia's seven dimensions (se
 :mod:`aligngym.feedback.sotopia`). Reward, given at the end only: the goal score, divided by 10 when
 ``normalize=True`` (the default, so rewards are in [0, 1] like the other environments) or raw 0..10 otherwise.
 ``info["reward_components"]`` holds all seven raw dimension scores. ``evaluator`` is ``None``/``"scripted"``
-(the deterministic heuristic evaluator), an object with ``evaluate`` (an evaluator), or any agent spec
-``resolve_agent`` accepts (a model name such as ``"tiny"``, a ``{"model": ...}`` dict, an Agent) used as a judge.
+(the deterministic heuristic evaluator), a ``Feedback`` (an object with ``ascore``, called once per
+character with ``scenario``, ``transcript`` and ``who`` as context; its score is the 0..10 goal score), or
+any agent spec ``resolve_agent`` accepts (a model name such as ``"tiny"``, a ``{"model": ...}`` dict, an
+Agent) used as a judge.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from pathlib import Path
 from typing import Any
 
 from aligngym.agents.factory import resolve_agent
-from aligngym.feedback.sotopia import (
-    LEAVE,
-    Evaluator,
-    ModelEvaluator,
-    Scenario,
-    ScriptedEvaluator,
-    Utterance,
-)
+from aligngym.feedback.base import Feedback
+from aligngym.feedback.sotopia import LEAVE, ModelEvaluator, Scenario, ScriptedEvaluator, Utterance
 
 from .datasets import load_rows
 from .multi_agent import MultiAgentTextEnv, RoundResult, run_sync
@@ -47,11 +44,11 @@ def load_scenarios(tasks: str | Path | list[dict[str, Any]] = "scenarios") -> li
     return [Scenario.from_row(row, i) for i, row in enumerate(rows)]
 
 
-def make_evaluator(spec: Any) -> tuple[Evaluator, bool]:
-    """An evaluator from a spec, and whether the environment built (so owns) its judge agent."""
+def make_evaluator(spec: Any) -> tuple[Feedback, bool]:
+    """An evaluator (a Feedback) from a spec, and whether the environment built (so owns) its judge agent."""
     if spec is None or spec == "scripted":
         return ScriptedEvaluator(), False
-    if hasattr(spec, "evaluate") and not hasattr(spec, "act"):
+    if hasattr(spec, "ascore") and not hasattr(spec, "act"):
         return spec, False
     if isinstance(spec, str):
         # A judge must write seven numbers as JSON: greedy, and room for the whole object.
@@ -97,18 +94,27 @@ class SocialGoalEnv(MultiAgentTextEnv):
         if not left and self.rounds + 1 < self.max_rounds:
             observations = {a: self._relay(i) for i, a in enumerate(AGENTS)}
             return RoundResult(observations=observations, episode_info=episode_info)
-        results = await self.evaluator.evaluate(self.scenario, self.transcript)
+        results = await asyncio.gather(
+            *(
+                self.evaluator.ascore(
+                    self.messages[agent],
+                    actions.get(agent, ""),
+                    scenario=self.scenario,
+                    transcript=self.transcript,
+                    who=i,
+                )
+                for i, agent in enumerate(AGENTS)
+            )
+        )
         rewards, components, infos = {}, {}, {}
-        for i, agent in enumerate(AGENTS):
-            scores = results[i]
-            goal = scores.scores["goal"]
-            rewards[agent] = goal / 10.0 if self.normalize else goal
-            components[agent] = dict(scores.scores)
+        for i, (agent, result) in enumerate(zip(AGENTS, results, strict=True)):
+            rewards[agent] = result.score / 10.0 if self.normalize else result.score
+            components[agent] = dict(result.components)
             infos[agent] = {
                 "character": self.scenario.characters[i].name,
-                "overall": scores.overall,
-                "evaluator": scores.source,
-                "evaluator_flags": list(scores.flags),
+                "overall": result.info.get("overall"),
+                "evaluator": result.info.get("evaluator", self.evaluator.name),
+                "evaluator_flags": list(result.info.get("flags", ())),
             }
         episode_info.update(
             ended_by="leave" if left else "max_turns",

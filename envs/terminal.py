@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 import shlex
@@ -10,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aligngym.feedback.answers import fenced_blocks
 from aligngym.sandboxes.base import RunResult, Sandbox, SandboxConfig
 from aligngym.sandboxes.lease import SandboxLease
 
-from .answers import fenced_blocks
-from .base import StepResult, TextEnv, rng_choice_index, run_sync
+from .base import StepResult, TextEnv, rng_choice_index
 from .datasets import checked_tasks, load_rows
 from .terminal_checks import expectations_hold, parse_expect
 
@@ -260,8 +261,8 @@ class TerminalEnv(TextEnv):
         return self._given or (self._lease.get() if self._lease.held else None)
 
     # -- episode ------------------------------------------------------------------------------------
-    def new_episode(self, options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
-        sandbox = self._fresh_sandbox()
+    async def anew_episode(self, options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+        sandbox = await self._fresh_sandbox()
         available = self.available_tasks()
         task_id = (options or {}).get("task_id")
         if task_id is not None:
@@ -277,7 +278,7 @@ class TerminalEnv(TextEnv):
             task = available[rng_choice_index(self.np_random, len(available))]
         self.task, self._cwd, self._failed = task, "", 0
         if task.setup.strip():
-            result = sandbox.run(_PRELUDE + task.setup, "bash", timeout=self.timeout)
+            result = await sandbox.arun(_PRELUDE + task.setup, "bash", timeout=self.timeout)
             if not result.ok:
                 detail = truncate_middle(result.stdout + result.stderr, 500)
                 raise RuntimeError(f"terminal task {task.id!r}: setup failed ({result.status}): {detail}")
@@ -294,9 +295,6 @@ class TerminalEnv(TextEnv):
     def available_tasks(self) -> list[TerminalTask]:
         """Tasks whose required commands the sandbox has (probed once, at the first reset)."""
         return [t for t in self.tasks if set(t.requires) <= (self._present or frozenset())]
-
-    def turn(self, action: str) -> StepResult:
-        return run_sync(self.aturn(action))
 
     async def aturn(self, action: str) -> StepResult:
         task, sandbox = self.task, self.sandbox
@@ -319,33 +317,33 @@ class TerminalEnv(TextEnv):
         check = await sandbox.arun(_CHECK_PRELUDE + task.check, "bash", timeout=self.timeout, isolated=True)
         return check.ok
 
-    def end_episode(self) -> None:
-        self._lease.release()
+    async def aend_episode(self) -> None:
+        await asyncio.to_thread(self._lease.release)  # the pool resets the sandbox: that waits on processes
 
     # -- helpers ------------------------------------------------------------------------------------
-    def _fresh_sandbox(self) -> Sandbox:
+    async def _fresh_sandbox(self) -> Sandbox:
         """The sandbox for a new episode, with an empty working directory."""
         if self._given is not None:
-            cleaned = self._given.run(_CLEAN, "bash", timeout=self.timeout)
+            cleaned = await self._given.arun(_CLEAN, "bash", timeout=self.timeout)
             if not cleaned.ok:
                 raise RuntimeError(
                     f"could not empty the sandbox working directory: {cleaned.stdout}{cleaned.stderr}"
                 )
             sandbox = self._given
         else:
-            self._lease.release()  # the pool resets it (or replaces it) for its next user
-            sandbox = self._lease.get()
+            # The last episode gave its sandbox back (aend_episode) and the pool reset it: this one is clean.
+            sandbox = await self._lease.aget()
         if self._present is None:
-            self._present = self._probe(sandbox)
+            self._present = await self._probe(sandbox)
         return sandbox
 
-    def _probe(self, sandbox: Sandbox) -> frozenset[str]:
+    async def _probe(self, sandbox: Sandbox) -> frozenset[str]:
         """Which of the commands tasks require exist in ``sandbox``."""
         needed = sorted({r for t in self.tasks for r in t.requires})
         if not needed:
             return frozenset()
         script = f'for c in {" ".join(needed)}; do command -v "$c" >/dev/null 2>&1 && echo "$c"; done; true'
-        return frozenset(sandbox.run(script, "bash", timeout=self.timeout).stdout.split())
+        return frozenset((await sandbox.arun(script, "bash", timeout=self.timeout)).stdout.split())
 
     def _observe(self, result: RunResult) -> str:
         output = result.stdout

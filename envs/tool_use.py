@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from aligngym.feedback.answers import extract_answer
+from aligngym.agents.chat_wire import text_of
+from aligngym.feedback.answers import is_number
 from aligngym.feedback.verifier import Verifier
 
-from .answers import is_number, pick_task
-from .base import Message, StepResult, TextEnv, run_sync
-from .datasets import load_rows
+from .base import Message, StepResult, TextEnv
+from .datasets import load_rows, pick_task
 from .tool_calls import (
     MAX_CALLS,
     ToolCall,
@@ -177,9 +178,8 @@ class ToolUseEnv(TextEnv):
     # -- episode ------------------------------------------------------------------------------------
     def new_episode(self, options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
         self.task = pick_task(self.tasks, self._by_id, self.np_random, options)
+        # A clean sandbox each episode: the last one gave its sandbox back (aend_episode), and the pool reset it.
         self._calls = self._malformed = self._failed = 0
-        if self._python is not None:
-            self._python.release()  # each episode starts from a clean sandbox (the pool resets it)
         return self._prompt(self.task), {"task_id": self.task.id}
 
     def _prompt(self, task: ToolTask) -> str:
@@ -197,20 +197,17 @@ class ToolUseEnv(TextEnv):
         ]
         return "\n".join(lines)
 
-    def turn(self, action: Any) -> StepResult:
-        return run_sync(self.aturn(action))
-
     async def aturn(self, action: Any) -> StepResult:
         task = self._current_task()
         message: Message = action if isinstance(action, dict) else {"role": "assistant", "content": action}
-        content = _text_of(message.get("content"))
+        content = text_of(message.get("content"))
         native = message.get("tool_calls")
         if native:
             calls = parse_native_calls(native)
         elif has_text_calls(content):
             calls = parse_text_calls(content, id_prefix=f"call_{self.turns}")
         else:
-            return self._final(task, content)
+            return await self._final(task, content)
         results = [await self._run(call, i) for i, call in enumerate(calls)]
         if native or self.text_results == "tool":
             messages = [
@@ -229,9 +226,9 @@ class ToolUseEnv(TextEnv):
             messages=messages,
         )
 
-    def end_episode(self) -> None:
+    async def aend_episode(self) -> None:
         if self._python is not None:
-            self._python.release()
+            await asyncio.to_thread(self._python.release)  # the pool resets the sandbox: that waits
 
     # -- helpers ------------------------------------------------------------------------------------
     def _current_task(self) -> ToolTask:
@@ -258,18 +255,19 @@ class ToolUseEnv(TextEnv):
         self._failed += result.error
         return result.content
 
-    def _final(self, task: ToolTask, content: str) -> StepResult:
+    async def _final(self, task: ToolTask, content: str) -> StepResult:
         if is_number(task.answer):
             verifier = Verifier(mode="numeric", tolerance=task.tolerance)
         else:
             verifier = Verifier(mode="normalized")
-        correct = float(verifier.check(content, task.answer))
+        result = await verifier.ascore(self.messages, content, gold=task.answer)
+        correct = result.score
         return StepResult(
             observation="",
             reward=self._reward(correct),
             terminated=True,
             components=self._components(correct),
-            info={"task_id": task.id, "answer": extract_answer(content), "correct": bool(correct)},
+            info={"task_id": task.id, "answer": result.info["extracted"], "correct": bool(correct)},
         )
 
     def _components(self, answer: float) -> dict[str, float]:
@@ -284,12 +282,3 @@ class ToolUseEnv(TextEnv):
     def _reward(self, answer: float) -> float:
         parts = self._components(answer)
         return answer + 0.1 * parts["format"] - 0.05 * min(parts["tool_errors"], MAX_PENALISED_ERRORS)
-
-
-def _text_of(content: Any) -> str:
-    # Content is a string, None (native calls only) or a list of parts ({"type": "text", "text": ...}).
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""

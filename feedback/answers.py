@@ -5,14 +5,18 @@ last ``Answer:`` / ``the answer is`` marker, or else the last sentence that hold
 boxed group and a marker comes last wins. ``statement_value`` reads one value (or one list) out of it, and
 ``values_equal`` compares values: exactly for plain numbers, through HF's math-verify for everything else.
 See docs/grading.md ("Final-answer extraction") for the rules, the threat model and what math-verify does.
+Code answers are read here too (``extract_code``: the last python block), and votes over answers taken
+(``majority``).
 """
 
 from __future__ import annotations
 
 import math
+import operator
 import re
 import string
 import unicodedata
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 from ._math_values import Many, Number, Value, plain_number, to_float, values_equal, word_set
@@ -25,9 +29,12 @@ __all__ = [
     "answers_agree",
     "clean",
     "extract_answer",
+    "extract_code",
+    "fenced_blocks",
     "final_value",
     "gold_value",
     "is_number",
+    "majority",
     "math_equal",
     "normalize",
     "numbers_close",
@@ -302,3 +309,56 @@ def text_agree(answer: str, golds: list[str] | tuple[str, ...]) -> bool:
             if all(w in _FILLER for w in rest):
                 return True
     return False
+
+
+def majority(answers: Sequence[str | None], agree: Callable[[str, str], bool] | None = None) -> str | None:
+    """The answer most of ``answers`` agree with (``agree``, else equal text); empty answers do not vote.
+
+    Ties go to the answer given first, so the vote depends on neither seeds nor dict order; ``agree`` may be
+    looser than equality (``answers_agree``: equal as maths without being equal as text).
+    """
+    given = [a for a in answers if a]
+    same = agree or operator.eq
+    best, best_count = None, 0
+    for answer in given:
+        count = sum(bool(same(answer, other)) for other in given)
+        if count > best_count:
+            best, best_count = answer, count
+    return best
+
+
+def fenced_blocks(text: str, languages: set[str] | frozenset[str]) -> list[str]:
+    """Bodies of the fenced code blocks whose language is in ``languages`` (``""`` = a bare fence), in order.
+
+    Fences are read line by line, so another language's closing fence never opens a block; a final block
+    left unclosed (a reply cut off by the length limit) still counts.
+    """
+    blocks: list[str] = []
+    lang: str | None = None  # the open block's language, None outside a block
+    body: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if lang is None and stripped.startswith("```"):
+            lang, body = stripped[3:].strip().lower(), []
+        elif lang is not None and stripped == "```":
+            if lang in languages:
+                blocks.append("\n".join(body))
+            lang = None
+        elif lang is not None:
+            body.append(line)
+    if lang in languages and body:
+        blocks.append("\n".join(body))
+    return blocks
+
+
+_PY_LANGS = frozenset({"", "python", "python3", "py"})
+
+
+def extract_code(text: str) -> str:
+    """The last ```python / ```py / bare ``` block of ``text``; the whole text when there is none.
+
+    Fences are read line by line, so a ```bash block's closing fence never opens a python block; a final
+    python block left unclosed (a cut-off answer) still counts.
+    """
+    blocks = fenced_blocks(text, _PY_LANGS)
+    return blocks[-1] + "\n" if blocks else text

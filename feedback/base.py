@@ -21,7 +21,12 @@ class FeedbackResult:
 
 @runtime_checkable
 class Feedback(Protocol):
-    """Anything that scores a response to a chat: verifiers, reward models, judges, peers, rubrics."""
+    """Anything that scores a response to a chat: verifiers, unit tests, models, judges, peers, rubrics.
+
+    Envs grade through this one contract; what a signal needs beyond the chat comes as context (``gold`` for
+    a ``Verifier``, ``task`` for ``UnitTestVerifier``, ``scenario``/``transcript``/``who`` for a Sotopia
+    evaluator), and a signal without what it needs raises ``ValueError``.
+    """
 
     name: str
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .answers import answers_agree, extract_answer
+from .answers import answers_agree, extract_answer, majority
 from .base import FeedbackResult, Message
 
 
@@ -35,20 +35,11 @@ class SelfConsistency:
         answers = [self.extract(reply.text or "") for reply in replies]
         mine = self.extract(response)
         agreement = sum(self.agree(mine, a) for a in answers) / self.n
-        majority = self._majority(answers)
-        in_majority = float(majority is not None and self.agree(mine, majority))
+        # Clustered by the agreement relation: answers can be equal as maths without being equal as text.
+        vote = majority(answers, self.agree)
+        in_majority = float(vote is not None and self.agree(mine, vote))
         return FeedbackResult(
             agreement,
             {"agreement": agreement, "majority": in_majority},
-            info={"answers": answers, "response_answer": mine, "majority_answer": majority},
+            info={"answers": answers, "response_answer": mine, "majority_answer": vote},
         )
-
-    def _majority(self, answers: list[str]) -> str | None:
-        # Cluster by the agreement relation (answers can be equal as maths without being equal as text);
-        # ties go to the answer sampled first, so the result does not depend on dict order.
-        best, best_count = None, 0
-        for answer in answers:
-            count = sum(self.agree(answer, other) for other in answers)
-            if count > best_count:
-                best, best_count = answer, count
-        return best

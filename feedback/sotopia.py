@@ -17,6 +17,11 @@ removed), except ``knowledge``, which reads what it heard:
 * ``financial_and_material_benefits`` (-5..5): goal / 2 when the goal is about money or goods, else 0 (the
   transcript alone cannot say who gained).
 
+Both are ``Feedback``: ``ascore(messages, response, scenario=..., transcript=..., who=...)`` scores
+character ``who`` (``response``, its last line, adds nothing: the transcript holds the conversation); the
+score is the goal dimension (0..10), the components are all seven, and ``info`` holds ``overall``,
+``evaluator`` and ``flags``.
+
 The model evaluator prompts an :class:`~aligngym.agents.base.Agent` for a JSON object of the seven scores and
 parses it leniently; a missing, non-numeric or unparseable score falls back to the scripted score with a flag
 (``unparseable``, ``missing:<dim>``), an out-of-range one is clamped with the flag ``clamped:<dim>``.
@@ -24,13 +29,16 @@ parses it leniently; a missing, non-numeric or unparseable score falls back to t
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
+
+from .base import FeedbackResult, Message
 
 #: Each dimension's (low, high) range, in Sotopia's order.
 DIMENSIONS: dict[str, tuple[float, float]] = {
@@ -135,12 +143,27 @@ class SotopiaScores:
         return sum(self.scores.values()) / len(self.scores)
 
 
-class Evaluator(Protocol):
-    """Anything that scores both characters of a finished conversation."""
+class Evaluator(abc.ABC):
+    """Scores one character of a finished conversation on the seven dimensions; a ``Feedback`` (``ascore``)."""
+
+    name: str = "sotopia"
+
+    @abc.abstractmethod
+    async def ascores(self, scenario: Scenario, transcript: Sequence[Utterance], who: int) -> SotopiaScores:
+        """Scores for character ``who`` (0 or 1)."""
+
+    async def ascore(self, messages: list[Message], response: str, **context: Any) -> FeedbackResult:
+        """Score character ``context["who"]`` of ``context["transcript"]`` in ``context["scenario"]``."""
+        missing = [key for key in ("scenario", "transcript", "who") if key not in context]
+        if missing:
+            raise ValueError(f"{type(self).__name__} needs {', '.join(missing)} as context")
+        scores = await self.ascores(context["scenario"], context["transcript"], context["who"])
+        info = {"overall": scores.overall, "evaluator": scores.source, "flags": list(scores.flags)}
+        return FeedbackResult(scores.scores["goal"], dict(scores.scores), info=info)
 
     async def evaluate(self, scenario: Scenario, transcript: Sequence[Utterance]) -> list[SotopiaScores]:
-        """Scores for character 0 and character 1."""
-        ...
+        """Scores for character 0 and character 1, judged concurrently."""
+        return list(await asyncio.gather(*(self.ascores(scenario, transcript, who) for who in (0, 1))))
 
 
 def clamp(dim: str, value: float) -> float:
@@ -165,14 +188,14 @@ def _content_words(text: str) -> set[str]:
     return {w for w in normalise_text(text).split() if w not in _STOPWORDS and (len(w) >= 3 or w.isdigit())}
 
 
-class ScriptedEvaluator:
+class ScriptedEvaluator(Evaluator):
     """The deterministic heuristic evaluator described in the module docstring."""
 
     name = "scripted"
 
-    async def evaluate(self, scenario: Scenario, transcript: Sequence[Utterance]) -> list[SotopiaScores]:
-        """Scores for both characters."""
-        return [self.score(scenario, transcript, who) for who in (0, 1)]
+    async def ascores(self, scenario: Scenario, transcript: Sequence[Utterance], who: int) -> SotopiaScores:
+        """Scores for character ``who`` (0 or 1)."""
+        return self.score(scenario, transcript, who)
 
     def score(self, scenario: Scenario, transcript: Sequence[Utterance], who: int) -> SotopiaScores:
         """Scores for character ``who`` (0 or 1)."""
@@ -215,7 +238,7 @@ class ScriptedEvaluator:
         return SotopiaScores({d: clamp(d, raw[d]) for d in DIMENSIONS}, flags, self.name)
 
 
-class ModelEvaluator:
+class ModelEvaluator(Evaluator):
     """A model judge: one prompt per character asking for the seven scores as JSON, parsed leniently."""
 
     def __init__(self, agent: Any, fallback: ScriptedEvaluator | None = None, max_chars: int = 600):
@@ -225,15 +248,10 @@ class ModelEvaluator:
         self.max_chars = max_chars
         self.name = f"model:{getattr(agent, 'name', type(agent).__name__)}"
 
-    async def evaluate(self, scenario: Scenario, transcript: Sequence[Utterance]) -> list[SotopiaScores]:
-        """Scores for both characters, judged concurrently."""
-        replies = await asyncio.gather(
-            *(self.agent.act(self.prompt(scenario, transcript, w)) for w in (0, 1))
-        )
-        return [
-            self.parse(reply.text, self.fallback.score(scenario, transcript, who))
-            for who, reply in enumerate(replies)
-        ]
+    async def ascores(self, scenario: Scenario, transcript: Sequence[Utterance], who: int) -> SotopiaScores:
+        """The judge's scores for character ``who``; what it leaves out comes from the scripted scores."""
+        reply = await self.agent.act(self.prompt(scenario, transcript, who))
+        return self.parse(reply.text, self.fallback.score(scenario, transcript, who))
 
     def prompt(self, scenario: Scenario, transcript: Sequence[Utterance], who: int) -> list[dict[str, str]]:
         """The judge's chat for character ``who``: both briefings, the transcript, the rubric, the format."""

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .answers import extract_code
+from .base import FeedbackResult, Message
 from .code_task import Case, CodeTask, as_task, assemble_solution
 
 __all__ = ["Case", "CodeTask", "UnitTestVerifier", "VerifyResult", "build_harness", "grade", "parse_report"]
@@ -320,7 +322,12 @@ def _check_value(value_json: str, expected: Any, reveal: bool) -> tuple[bool, st
 
 
 class UnitTestVerifier:
-    """Grade solutions in a sandbox (anything with ``run``/``arun`` like ``aligngym.sandboxes``)."""
+    """Grade solutions in a sandbox (anything with ``run``/``arun`` like ``aligngym.sandboxes``).
+
+    As a ``Feedback``, ``ascore`` grades the last python block of a reply against ``context["task"]``.
+    """
+
+    name = "unit_tests"
 
     def __init__(
         self,
@@ -356,3 +363,25 @@ class UnitTestVerifier:
             program, language="python", stdin=stdin, timeout=self.timeout, isolated=True
         )
         return grade(task, parse_report(result.stdout or "", nonce), result.status, self.reveal_expected)
+
+    async def ascore(self, messages: list[Message], response: str, **context: Any) -> FeedbackResult:
+        """Grade ``response``'s code against ``context["task"]``; score = pass rate of the graded tests.
+
+        ``context["examples"]`` (default 0) leading tests are examples a self-debug loop may show: they are
+        not paid, and the rationale (the redacted report of the first failure) names no test beyond them.
+        """
+        if "task" not in context:
+            raise ValueError("UnitTestVerifier needs the coding task: pass task=... as context")
+        examples = int(context.get("examples", 0))
+        result = await self.averify(extract_code(response), context["task"])
+        graded = result.details[examples:]
+        rate = sum(d.passed for d in graded) / len(graded) if graded else 0.0
+        components = {
+            "pass_rate": rate,
+            "all_passed": float(result.all_passed),
+            "syntax_error": float(result.syntax_error),
+            "timeout": float(result.timed_out),
+        }
+        rationale = result.feedback(only=range(examples) if examples else None)
+        info = {"passed": result.passed, "total": result.total, "examples": examples, "status": result.status}
+        return FeedbackResult(rate, components, rationale, info)

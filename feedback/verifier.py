@@ -6,6 +6,7 @@ answer; this module only chooses how strictly to compare.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,6 +46,10 @@ class Verifier:
     tolerance: float = 1e-6
     name: str = "verifier"
 
+    def __post_init__(self) -> None:
+        if self.mode not in typing.get_args(Mode):
+            raise ValueError(f"mode must be one of {', '.join(typing.get_args(Mode))}, got {self.mode!r}")
+
     def check(self, response: str, gold: str) -> bool:
         """Whether ``response``'s final answer matches ``gold``."""
         gold = str(gold).strip()
@@ -52,10 +57,10 @@ class Verifier:
             return extract_answer(response) == gold
         if self.mode == "numeric":
             return numbers_close(gold, final_value(response), self.tolerance)
-        if self.mode == "normalized" and not is_number(gold):
-            return text_agree(parse_short(response), [gold])
-        want = gold_value(gold)
-        if want is None:  # a gold with no maths in it ("Paris") is matched as text
+        # "normalized" compares only a numeric gold as a value; either mode matches a gold with no maths in it
+        # ("Paris") as text.
+        want = gold_value(gold) if self.mode == "math" or is_number(gold) else None
+        if want is None:
             return text_agree(parse_short(response), [gold])
         return values_equal(want, final_value(response))
 

@@ -7,12 +7,13 @@
 """
 
 from .base import RunResult, Sandbox, SandboxConfig, SandboxError
+from .cap import ClusterGate, set_cluster_gate, set_max_sandboxes
 from .docker_backend import DockerPool, DockerSandbox, reap_orphans
 from .docker_image import build_image, ensure_image
 from .factory import BACKENDS, make_sandbox
 from .lease import SandboxLease
 from .local import LocalSandbox, bwrap_available
-from .pool import ClusterGate, SandboxPool, get_pool, set_cluster_gate, set_max_sandboxes
+from .pool import SandboxPool, get_pool
 
 __all__ = [
     "BACKENDS",

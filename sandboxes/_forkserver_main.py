@@ -17,9 +17,10 @@ P's status. The kernel kills everything left in a pid namespace when its pid 1 e
 
 Unlike fresh interpreters, the runs of one server share its hash seed (str hashes, set order), a preloaded
 stdlib module wins over a same-named file in the working directory, and at exit only the program's own
-``__main__`` objects are released, not every module (see ``_finish``). An isolated run (``"isolated"`` in
-its job) gets what ``python -I`` would give it (see ``_isolate_sys_path``) except ``sys.flags``, which a
-forked interpreter cannot change.
+``__main__`` objects are released, not every module (see ``_finish``). An isolated run (its job's
+``"isolated"``: the runner flags and the whole environment, from ``sandboxes.base.isolated_request``) gets
+what ``python -I`` would give it (see ``_isolate_sys_path``) except ``sys.flags``, which a forked
+interpreter cannot change.
 """
 
 import atexit
@@ -53,8 +54,6 @@ FRESH_DIRS = ("/tmp", "/dev/shm")  # mounted anew for every run
 #: Never on an isolated run's sys.path: the working directory and the program's own directory (besides
 #: whatever the run can write, such as /tmp; a venv bound there read-only stays).
 NEVER_ON_PATH = (SANDBOX_DIR, CODE_DIR)
-ISOLATED_PYTHON_FLAGS = ("-I", "-B", "-u")  # as the host's one-shot runs start Python (sandboxes.base)
-ISOLATED_BASH_FLAGS = ("--noprofile", "--norc")
 PROGRAM = {"python": CODE_DIR + "/main.py", "bash": CODE_DIR + "/main.sh"}
 # Imported once here so runs start with them warm; the standard library only, never the working directory.
 PRELOAD = (
@@ -65,7 +64,7 @@ PRELOAD = (
 )  # fmt: skip
 
 _libc = ctypes.CDLL(None, use_errno=True)
-Job = dict[str, Any]  # a run request: id, language, rlimits, whether stdin is given
+Job = dict[str, Any]  # a run request: id, language, rlimits, whether stdin is given, isolated (or None)
 
 
 def _check(ret: int, what: str) -> None:
@@ -323,7 +322,8 @@ class Server:
             os.closerange(3, os.sysconf("SC_OPEN_MAX"))
             os.chdir(SANDBOX_DIR)
             os.environ.clear()
-            os.environ.update(self.config["isolated_env" if job.get("isolated") else "env"])
+            isolated = job.get("isolated")
+            os.environ.update(isolated["env"] if isolated else self.config["env"])
             for name, value in job["rlimits"].items():
                 which = getattr(resource, "RLIMIT_" + name.upper())
                 hard = resource.getrlimit(which)[1]
@@ -333,7 +333,7 @@ class Server:
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)  # what a shell started by subprocess would get
                 bash = self.config["bash"]
-                flags = ISOLATED_BASH_FLAGS if job.get("isolated") else ()
+                flags = isolated["flags"] if isolated else ()
                 os.execve(bash, [bash, *flags, PROGRAM["bash"]], os.environ)
             return job
         except BaseException as exc:
@@ -500,10 +500,10 @@ def run_python(config: dict[str, Any], job: Job) -> NoReturn:
     sys.stdin = sys.__stdin__ = _stdio(0, sys.__stdin__, False)
     sys.stdout = sys.__stdout__ = _stdio(1, sys.__stdout__, True)
     sys.stderr = sys.__stderr__ = _stdio(2, sys.__stderr__, True)
-    flags: tuple[str, ...] = ()
+    flags: list[str] = []
     if job.get("isolated"):
         _isolate_sys_path()
-        flags = ISOLATED_PYTHON_FLAGS
+        flags = job["isolated"]["flags"]  # only for sys.orig_argv: a forked interpreter keeps its sys.flags
     else:
         pythonpath = [p for p in config["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
         sys.path[1:1] = pythonpath  # where PYTHONPATH goes; the server itself never searched the working dir

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .base import ISOLATED_BASH_FLAGS, ISOLATED_PYTHON_FLAGS, isolated_env
+from .base import ISOLATED_FLAGS, isolated_env
 
 SANDBOX_UID = 65534
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -44,11 +44,15 @@ def python_executable() -> str:
     return os.path.abspath(sys.executable)
 
 
+def program_path() -> str:
+    """PATH inside the sandbox: the interpreter's directory, then the system's."""
+    return f"{os.path.dirname(python_executable())}:{SYSTEM_PATH}"
+
+
 def program_env(inner_dir: str, extra: dict[str, str]) -> dict[str, str]:
     """The environment a sandboxed program sees (never the host's); ``inner_dir`` is its working directory."""
-    python = python_executable()
     return {
-        "PATH": f"{os.path.dirname(python)}:{SYSTEM_PATH}",
+        "PATH": program_path(),
         "HOME": inner_dir,
         "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -61,14 +65,13 @@ def program_env(inner_dir: str, extra: dict[str, str]) -> dict[str, str]:
 
 def program_isolated_env() -> dict[str, str]:
     """The environment of an isolated run (``Sandbox.run(isolated=True)``): ``isolated_env`` with our PATH."""
-    return isolated_env(f"{os.path.dirname(python_executable())}:{SYSTEM_PATH}")
+    return isolated_env(program_path())
 
 
 def runner_argv(language: str, program: str, isolated: bool) -> list[str]:
-    """The command running ``program``; isolated: ``python -I ...`` / ``bash --noprofile --norc``."""
-    if language == "python":
-        return [python_executable(), *(ISOLATED_PYTHON_FLAGS if isolated else ()), program]
-    return [shutil.which("bash") or "/bin/bash", *(ISOLATED_BASH_FLAGS if isolated else ()), program]
+    """The command running ``program``; isolated, with ``ISOLATED_FLAGS`` (``python -I -B -u ...``)."""
+    runner = python_executable() if language == "python" else shutil.which("bash") or "/bin/bash"
+    return [runner, *(ISOLATED_FLAGS[language] if isolated else ()), program]
 
 
 def mode() -> str:
@@ -301,8 +304,7 @@ def server_argv(
     startup = {key: value for key, value in env.items() if key not in _STARTUP_UNSAFE}
     startup["HOME"] = "/"
     settings = {
-        "env": env,
-        "isolated_env": program_isolated_env(),
+        "env": env,  # an isolated run's environment comes with its request instead
         "bash": shutil.which("bash") or "/bin/bash",
         "tmp_bytes": tmp_bytes,
         # Bound under /tmp or /dev/shm (a venv there, say): each run's fresh mounts must show them again.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import contextlib
 import os
 import threading
 import time
@@ -18,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import PurePosixPath
 
 from . import docker_transfer as transfer
-from .base import Language, RunResult, Sandbox, SandboxConfig, SandboxError
+from .base import Language, RunResult, Sandbox, SandboxConfig, SandboxError, Slot, isolated_request
 from .docker_channel import ChannelClosed
 from .docker_pool import (  # noqa: F401  (re-exported: the backend's public and test-facing names)
     _EXECUTOR_SOURCE,
@@ -82,39 +81,22 @@ async def _watch(container: _Container, future: concurrent.futures.Future, limit
 
 
 class DockerSandbox(Sandbox):
-    """Runs programs in a locked-down container (no network, read-only root, uid 65534, cgroup limits)."""
+    """Runs programs in a locked-down container (no network, read-only root, uid 65534, cgroup limits).
 
-    def __init__(self, config: SandboxConfig | None = None, *, pool: DockerPool | None = None):
+    Its place under the cap belongs to its container (``DockerPool``: a warm spare holds one already), so a
+    ``slot`` given here goes to the pool, which uses it for a new container or gives it back.
+    """
+
+    def __init__(
+        self, config: SandboxConfig | None = None, *, slot: Slot | None = None, pool: DockerPool | None = None
+    ):
         self.config = config or SandboxConfig()
         self._closed = True  # until a container is held there is nothing to close
         self._pool = pool or default_pool()
         self._swap_lock = threading.Lock()
         self._wrote_to: _Container | None = None  # the container that write_files last wrote into
-        self._container: _Container = self._pool.acquire(_Spec.of(self.config))
+        self._container: _Container = self._pool.acquire(_Spec.of(self.config), slot=slot)
         self._closed = False
-
-    @classmethod
-    async def acreate(
-        cls, config: SandboxConfig | None = None, *, pool: DockerPool | None = None
-    ) -> DockerSandbox:
-        """Create a sandbox without blocking the event loop (waiting for a slot under the cap included)."""
-        done: concurrent.futures.Future = concurrent.futures.Future()
-
-        def create() -> None:
-            try:
-                sandbox = cls(config, pool=pool)
-            except BaseException as exc:
-                with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    done.set_exception(exc)
-                return
-            try:
-                done.set_result(sandbox)
-            except concurrent.futures.InvalidStateError:
-                sandbox.close()  # the caller gave up waiting
-
-        # A thread of its own, not the loop's executor: asyncio.run would wait for it at exit, even if cancelled.
-        threading.Thread(target=create, name="aligngym-docker-create", daemon=True).start()
-        return await asyncio.wrap_future(done)
 
     @property
     def container_id(self) -> str:
@@ -166,7 +148,8 @@ class DockerSandbox(Sandbox):
             "cap": cfg.max_output_bytes,
             "fsize": cfg.max_file_bytes,
             "env": {} if isolated else cfg.env,
-            "isolated": isolated,
+            # The image's PATH: the executor adds its own.
+            "isolated": isolated_request(language, None) if isolated else None,
         }
         try:
             if stage is not None:
@@ -230,19 +213,20 @@ class DockerSandbox(Sandbox):
             if len(data) > limit:
                 raise SandboxError(f"{path!r} is {len(data)} bytes, over the {limit}-byte file limit")
             checked.append((path, data))
-        container = self._usable_container()
-        for index, (path, data) in enumerate(checked):
-            try:
-                self._transfer(container, transfer.write_file, path, data, limit)
-            except (SandboxError, OSError) as exc:
-                done = ", ".join(repr(p) for p, _ in checked[:index]) or "none"
-                rest = ", ".join(repr(p) for p, _ in checked[index + 1 :]) or "none"
-                gone = (
-                    " (the container was lost: files written before are gone too)" if container.broken else ""
-                )
-                raise type(exc)(
-                    f"{path!r} was not written: {exc}{gone}; written: {done}; not written: {rest}"
-                ) from exc
+        container, written = self._usable_container(), set[str]()
+        try:
+            self._transfer(container, transfer.write_files, checked, limit, written)
+        except (SandboxError, OSError) as exc:
+            if written:
+                self._wrote_to = container
+            # Chunks go in order, so the first file not written whole is the one whose request failed.
+            path = next(p for p, _ in checked if p not in written)
+            done = ", ".join(repr(p) for p, _ in checked if p in written) or "none"
+            rest = ", ".join(repr(p) for p, _ in checked if p not in written and p != path) or "none"
+            gone = " (the container was lost: files written before are gone too)" if container.broken else ""
+            raise type(exc)(
+                f"{path!r} was not written: {exc}{gone}; written: {done}; not written: {rest}"
+            ) from exc
         self._wrote_to = container
 
     def read_bytes(self, path: str) -> bytes:

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import SandboxConfig, SandboxError
+from .base import SandboxConfig, SandboxError, Slot
+from .cap import register_idle_source, try_acquire_slot
 from .docker_channel import Lane, _Channel
-from .owner import reap_local_orphans_once, start_stamp
-from .pool import register_idle_source, release_slot, try_acquire_slot
+from .owner import start_stamp
+from .reaper import reap_local_orphans_once
 
 SANDBOX_DIR = "/sandbox"
 SANDBOX_USER = "65534:65534"
@@ -96,8 +97,9 @@ class _Spec:
 
 
 class _Container:
-    def __init__(self, cid: str, channel: _Channel, spec: _Spec):
+    def __init__(self, cid: str, channel: _Channel, spec: _Spec, slot: Slot):
         self.id, self.channel, self.spec = cid, channel, spec
+        self.slot = slot  # its place under the process-wide cap, given back when it is removed for good
         self.broken = False
 
     @property
@@ -116,17 +118,17 @@ def _own_socket(raw: Any) -> socket.socket:
     return own
 
 
-def _start(client: Any, spec: _Spec) -> _Container:
-    """Create and start one container and wait for its executor's hello."""
+def _start(client: Any, spec: _Spec, slot: Slot) -> _Container:
+    """Create and start one container in ``slot`` and wait for its executor's hello."""
     lane = Lane.for_daemon(client)
     try:
-        return _start_with(client, spec, lane)
+        return _start_with(client, spec, slot, lane)
     finally:
         if lane is not None:
             lane.close()
 
 
-def _start_with(client: Any, spec: _Spec, lane: Lane | None) -> _Container:
+def _start_with(client: Any, spec: _Spec, slot: Slot, lane: Lane | None) -> _Container:
     import docker
 
     memory = (spec.memory_mb + EXECUTOR_MEMORY_MB) << 20
@@ -179,7 +181,7 @@ def _start_with(client: Any, spec: _Spec, lane: Lane | None) -> _Container:
         if isinstance(exc, Exception) and not isinstance(exc, SandboxError):
             raise SandboxError(f"the sandbox container did not start: {exc}") from exc
         raise
-    return _Container(cid, channel, spec)
+    return _Container(cid, channel, spec, slot)
 
 
 class DockerPool:
@@ -204,7 +206,7 @@ class DockerPool:
         self._all: dict[str, _Container] = {}
         self._closed = False
         atexit.register(self.shutdown)
-        register_idle_source(self._has_spare, self._evict_spare)
+        register_idle_source(self)
 
     @property
     def client(self) -> Any:
@@ -219,9 +221,35 @@ class DockerPool:
         """Containers counted against ``max_live`` now."""
         return self._live
 
-    def acquire(self, spec: _Spec, timeout: float | None = None) -> _Container:
-        """A started container for ``spec``: a warm spare if any, else a new one once the cap allows it."""
-        client, deadline = self.client, None if timeout is None else time.monotonic() + timeout
+    def acquire(self, spec: _Spec, timeout: float | None = None, slot: Slot | None = None) -> _Container:
+        """A started container for ``spec``: a warm spare if any, else a new one once the cap allows it.
+
+        ``slot``: a place under the cap already taken for it; a new container holds it, and taking a spare
+        (which holds its own) gives it back.
+        """
+        client = self.client  # connects (and reaps what dead processes left) on first use, before any lock
+        try:
+            spare, slot = self._take(spec, timeout, slot)
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
+        if spare is not None:
+            return spare
+        try:
+            container = self._create(client, spec, slot)
+        except BaseException:
+            self._give_back(slot)
+            raise
+        with self._cond:
+            self._refill(spec)
+        return container
+
+    def _take(
+        self, spec: _Spec, timeout: float | None, slot: Slot | None
+    ) -> tuple[_Container, None] | tuple[None, Slot]:
+        """A usable spare, or the slot (counted in ``live``) to start a container in; waits for either."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         evicted = None
         with self._cond:
             while True:
@@ -231,13 +259,18 @@ class DockerPool:
                     spare = self._spares[spec].pop()
                     if spare.usable:
                         self._refill(spec)
-                        return spare
+                        if slot is not None:
+                            slot.release()  # the spare has its own
+                        return spare, None
                     self._discard(spare)
-                if self._live < self.max_live and try_acquire_slot():
+                if self._live < self.max_live and (slot := slot or try_acquire_slot()) is not None:
                     self._live += 1
                     break
                 if other := next((s for s in self._spares.values() if s), None):
-                    evicted = other.pop()  # its slot becomes ours
+                    evicted = other.pop()  # its place (in live and under the cap) becomes ours
+                    if slot is not None:
+                        slot.release()
+                    slot = evicted.slot
                     break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -246,18 +279,11 @@ class DockerPool:
                 self._cond.wait(_SLOT_POLL_S if left is None else min(left, _SLOT_POLL_S))
         if evicted is not None:
             self._remove(evicted)
-        try:
-            container = self._create(client, spec)
-        except BaseException:
-            self._give_back()
-            raise
-        with self._cond:
-            self._refill(spec)
-        return container
+        return None, slot
 
-    def _create(self, client: Any, spec: _Spec) -> _Container:
-        """Start a container in a slot the caller has already counted."""
-        container = _start(client, spec)
+    def _create(self, client: Any, spec: _Spec, slot: Slot) -> _Container:
+        """Start a container in ``slot``, which the caller has already counted in ``live``."""
+        container = _start(client, spec, slot)
         with self._cond:
             if not self._closed:
                 self._all[container.id] = container
@@ -265,26 +291,30 @@ class DockerPool:
         self._remove(container)  # shut down while it started
         raise SandboxError("the docker pool is shut down")
 
-    def _give_back(self) -> None:
+    def _give_back(self, slot: Slot) -> None:
+        """A container's place is free: one fewer ``live``, and its slot back to the cap."""
         with self._cond:
             self._live -= 1
             self._cond.notify_all()
-        release_slot()
+        slot.release()
 
-    def _has_spare(self) -> bool:
-        # Called by the global cap with its lock held: read without our lock (a stale answer only costs a retry).
+    # -- the cap's IdleSource --------------------------------------------------------------------------
+    def has_idle(self) -> bool:
+        """Whether a warm spare waits (called by the cap with its lock held: read without ours; a stale
+        answer only costs a retry)."""
         return any(self._spares.values())
 
-    def _evict_spare(self) -> bool:
+    def evict_one(self) -> bool:
         """Remove one warm spare so a sandbox of any backend can take its slot; False when none is left."""
         with self._cond:
             spare = next((s.pop() for s in self._spares.values() if s), None)
         if spare is None:
             return False
         self._remove(spare)
-        self._give_back()
+        self._give_back(spare.slot)
         return True
 
+    # -- spares ----------------------------------------------------------------------------------------
     def _refill(self, spec: _Spec) -> None:
         """Start spares for ``spec`` in the background while the cap leaves room (call with the lock held)."""
         if self.size and spec not in self._filling and not self._closed:
@@ -302,14 +332,14 @@ class DockerPool:
                         self._closed
                         or len(self._spares.get(spec, ())) >= self.size
                         or self._live >= self.max_live
-                        or not try_acquire_slot()
+                        or (slot := try_acquire_slot()) is None
                     ):
                         return
                     self._live += 1
                 try:
-                    container = self._create(self.client, spec)
+                    container = self._create(self.client, spec, slot)
                 except SandboxError:
-                    self._give_back()
+                    self._give_back(slot)
                     return  # the next acquire starts its container itself and reports the error
                 with self._cond:
                     self._spares.setdefault(spec, []).append(container)
@@ -319,9 +349,9 @@ class DockerPool:
                 self._filling.pop(spec, None)
 
     def replace(self, container: _Container) -> _Container:
-        """Remove a broken container and start a fresh one for the same spec in its slot (kept even on failure)."""
+        """Remove a broken container and start a fresh one for the same spec in its slot (kept on failure)."""
         self._remove(container)
-        return self._create(self.client, container.spec)
+        return self._create(self.client, container.spec, container.slot)
 
     def kill(self, container: _Container) -> None:
         """SIGKILL a hung container's pid 1 now (every program in it dies too); it is removed when replaced."""
@@ -334,13 +364,13 @@ class DockerPool:
     def release(self, container: _Container) -> None:
         """Remove a sandbox's container (never reused: its files and processes are the last user's) and free its slot."""
         self._remove(container)
-        self._give_back()
+        self._give_back(container.slot)
 
     def _discard(self, container: _Container) -> None:
         # A dead spare, found with the lock held: its slot is freed and the removal happens elsewhere.
         self._live -= 1
         self._cond.notify_all()
-        release_slot()
+        container.slot.release()
         threading.Thread(target=self._remove, args=(container,), daemon=True).start()
 
     def _remove(self, container: _Container) -> None:

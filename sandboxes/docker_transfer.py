@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from .base import SandboxError
 from .docker_channel import _Channel
@@ -67,13 +67,55 @@ def _chunks(data: bytes) -> Iterator[tuple[int, memoryview]]:
         yield offset, view[offset : offset + CHUNK_BYTES]
 
 
-def write_file(channel: _Channel, path: str, data: bytes, max_bytes: int, timeout: float) -> None:
-    """Write one file in ``/sandbox`` chunk by chunk (the first chunk truncates it)."""
+def write_files(
+    channel: _Channel, files: Sequence[tuple[str, bytes]], max_bytes: int, written: set[str], timeout: float
+) -> None:
+    """Write files in ``/sandbox``: the chunks of all of them through one window (the first chunk of each
+    truncates it), not a round trip per file. Each path whose chunks all came back written goes into
+    ``written``, also when another fails: the first error then raises once the chunks in flight answered
+    (``ExecutorHung`` first of all: its container must go)."""
     requests = (
-        ({"op": "write", "path": path, "offset": offset, "max_bytes": max_bytes}, chunk)
+        (path, {"op": "write", "path": path, "offset": offset, "max_bytes": max_bytes}, chunk)
+        for path, data in files
         for offset, chunk in _chunks(data)
     )
-    call_all(channel, requests, timeout)
+    left = {path: _chunk_count(len(data)) for path, data in files}
+    window: collections.deque[tuple[str, tuple[int, concurrent.futures.Future]]] = collections.deque()
+    errors: list[SandboxError | OSError] = []
+
+    def settle(path: str, pending: tuple[int, concurrent.futures.Future]) -> None:
+        try:
+            _wait(channel, pending, timeout)
+        except (SandboxError, OSError) as exc:
+            errors.append(exc)
+            left[path] = -1  # never whole now
+            return
+        left[path] -= 1
+        if left[path] == 0:
+            written.add(path)
+
+    def hung() -> bool:
+        return any(isinstance(exc, ExecutorHung) for exc in errors)
+
+    try:
+        for path, request, chunk in requests:
+            if errors:
+                break  # send nothing more; what is in flight still answers below
+            window.append((path, channel.submit(request, chunk)))
+            if len(window) >= WINDOW:
+                settle(*window.popleft())
+        while window and not hung():  # a hung executor answers nothing more
+            settle(*window.popleft())
+    finally:
+        for _, (rid, _) in window:
+            channel.forget(rid)
+    if errors:
+        raise next((exc for exc in errors if isinstance(exc, ExecutorHung)), errors[0])
+
+
+def _chunk_count(size: int) -> int:
+    """How many requests ``_chunks`` makes of ``size`` bytes (one for an empty file)."""
+    return max(1, -(-size // CHUNK_BYTES))
 
 
 def read_file(channel: _Channel, path: str, max_bytes: int, timeout: float) -> bytes:

@@ -25,15 +25,6 @@ READ_BUFFER = 256 << 10  # the channel reads ahead up to twice this (fewer pause
 GRACE_S = 1.0
 SUFFIX = {"python": ".py", "bash": ".sh"}
 RUNNER = {"python": "python3", "bash": "bash"}
-# An isolated run (request "isolated"): as sandboxes.base's ISOLATED_* (this file imports nothing of ours).
-ISOLATED_FLAGS = {"python": ["-I", "-B", "-u"], "bash": ["--noprofile", "--norc"]}
-ISOLATED_ENV = {
-    "LANG": "C.UTF-8",
-    "HOME": "/nonexistent",
-    "PYTHONDONTWRITEBYTECODE": "1",
-    "PYTHONNOUSERSITE": "1",
-    "PYTHONSAFEPATH": "1",
-}
 # ENOSPC too: all a run can write (/sandbox, /tmp) is tmpfs, charged to the container's memory.
 MEMORY_MARKERS = (
     b"memoryerror",
@@ -359,14 +350,17 @@ class Executor:
         else:
             spec = ",".join(f"{k}={v}" for k, v in limits.items())
             prefix = [sys.executable, "-I", "-S", "-c", RLIMIT_SHIM, spec]
-        flags = ISOLATED_FLAGS[request["language"]] if request.get("isolated") else []
-        return prefix + [runner] + flags + [code_file]
+        isolated = request.get("isolated")
+        return prefix + [runner] + (isolated["flags"] if isolated else []) + [code_file]
 
     async def run(self, request):
         loop = asyncio.get_running_loop()
         path = os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin"
         if request.get("isolated"):
-            env = dict(ISOLATED_ENV, PATH=path)  # never the config's env extras
+            # The host's whole isolated environment (sandboxes.base.isolated_request), PATH ours unless it
+            # names one; never the config's env extras.
+            env = dict(request["isolated"]["env"])
+            env.setdefault("PATH", path)
         else:
             env = {
                 "PATH": path,

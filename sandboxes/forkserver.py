@@ -308,9 +308,12 @@ class ForkServer:
         limit: float,
         rlimits: dict[str, int],
         cap: int,
-        isolated: bool = False,
+        isolated: dict[str, Any] | None = None,
     ) -> RunResult:
-        """Run one program (``isolated``: see ``Sandbox``); ``ServerGone``: the server did not take it."""
+        """Run one program; ``isolated``: ``base.isolated_request`` for an isolated run (see ``Sandbox``).
+
+        ``ServerGone``: the server did not take the run.
+        """
         loop = asyncio.get_running_loop()
         run_id = next(self._ids)
         ended: asyncio.Future[Any] = loop.create_future()

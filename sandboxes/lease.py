@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Sandbox
+from .pool import SandboxPool, get_pool
 
 
 class SandboxLease:
@@ -17,7 +18,7 @@ class SandboxLease:
     def __init__(self, spec: str | Sandbox = "local", **config: Any):
         self.spec = spec
         self.config = config
-        self._pool: Any = None
+        self._pool: SandboxPool | None = None
         self._sandbox: Sandbox | None = None
 
     @property
@@ -25,11 +26,9 @@ class SandboxLease:
         """Whether a pooled sandbox is held now."""
         return self._sandbox is not None
 
-    def _shared_pool(self) -> Any:
+    def _shared_pool(self, backend: str) -> SandboxPool:
         if self._pool is None:
-            from .pool import get_pool
-
-            self._pool = get_pool(self.spec, **self.config)
+            self._pool = get_pool(backend, **self.config)
         return self._pool
 
     def get(self) -> Sandbox:
@@ -37,7 +36,7 @@ class SandboxLease:
         if not isinstance(self.spec, str):
             return self.spec
         if self._sandbox is None:
-            self._sandbox = self._shared_pool().acquire()
+            self._sandbox = self._shared_pool(self.spec).acquire()
         return self._sandbox
 
     async def aget(self) -> Sandbox:
@@ -45,11 +44,11 @@ class SandboxLease:
         if not isinstance(self.spec, str):
             return self.spec
         if self._sandbox is None:
-            self._sandbox = await self._shared_pool().aacquire()
+            self._sandbox = await self._shared_pool(self.spec).aacquire()
         return self._sandbox
 
     def release(self) -> None:
         """Give a pooled sandbox back (the pool resets it); a caller's own sandbox is left alone."""
         sandbox, self._sandbox = self._sandbox, None
-        if sandbox is not None:
+        if sandbox is not None and self._pool is not None:
             self._pool.release(sandbox)

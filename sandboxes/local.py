@@ -16,10 +16,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import bwrap, limits
-from .base import Language, RunResult, Sandbox, SandboxConfig, SandboxError
+from .base import Language, RunResult, Sandbox, SandboxConfig, SandboxError, Slot, isolated_request
+from .cap import acquire_slot
 from .forkserver import SERVER_SCRIPT, ForkServer, ServerGone, ServerStartError, ServerUnsupported
-from .owner import local_dir_prefix, reap_local_orphans_once
-from .pool import acquire_slot, release_slot
+from .owner import local_dir_prefix
+from .reaper import reap_local_orphans_once
 from .supervise import kill_tree, supervise
 from .workdir import WorkDir, empty_dir, mount_tmpfs, remove_tree
 
@@ -97,13 +98,15 @@ class LocalSandbox(Sandbox):
     # With bubblewrap and ``fork_server`` (the default) a warm interpreter inside bwrap forks a pristine copy
     # of itself per run, each run in its own user, pid, mount and IPC namespaces (``forkserver``); else every
     # run starts a fresh bwrap and interpreter. Either way the working directory persists across runs and
-    # nothing a run started outlives it. ``counted=False`` keeps a sandbox out of the process-wide cap
-    # (internal probes only).
+    # nothing a run started outlives it. It holds ``slot`` (one a pool took for it) or takes its own under
+    # the process-wide cap; ``counted=False`` keeps it out of the cap (internal probes only).
 
-    def __init__(self, config: SandboxConfig | None = None, *, counted: bool = True):
+    def __init__(
+        self, config: SandboxConfig | None = None, *, slot: Slot | None = None, counted: bool = True
+    ):
         self.config = config or SandboxConfig()
         self._closed = False
-        self._slot = False
+        self._slot = slot
         self._root: str | None = None
         self._userns_fd: int | None = None
         self._pgids: set[int] = set()
@@ -119,9 +122,8 @@ class LocalSandbox(Sandbox):
             raise SandboxError(f"use_bwrap=True but {', '.join(missing)} is not on PATH")
         #: Whether runs go through the warm fork server (False: a fresh bwrap, or a subprocess, per run).
         self.fork_server = self.isolated and self.config.fork_server and _fork_server_unsupported is None
-        if counted:
-            acquire_slot(self.config.slot_timeout)
-            self._slot = True
+        if counted and slot is None:
+            self._slot = acquire_slot(self.config.slot_timeout)
         try:
             self._setup()
         except BaseException:
@@ -203,6 +205,7 @@ class LocalSandbox(Sandbox):
             limit, cfg.max_file_bytes, memory_bytes=memory, nproc=cfg.pids, nofile=_NOFILE
         )
         source = code.encode()
+        spec = isolated_request(language, bwrap.program_path()) if isolated else None
         for _ in range(2):  # a server found dead took nothing: start a fresh one and send the run there
             server = self._server
             if server is None or not server.alive:
@@ -216,7 +219,7 @@ class LocalSandbox(Sandbox):
                     return RunResult("sandbox_error", stderr=str(exc))
             try:
                 return await server.run(
-                    language, source, data, limit, rlimits, cfg.max_output_bytes, isolated=isolated
+                    language, source, data, limit, rlimits, cfg.max_output_bytes, isolated=spec
                 )
             except ServerGone:
                 continue
@@ -441,9 +444,7 @@ class LocalSandbox(Sandbox):
             if self._root is not None:
                 remove_tree(self._root)
         finally:
-            if self._slot:
-                self._slot = False
-                release_slot()
+            self._give_back_slot()
 
     def __repr__(self) -> str:
         return (

@@ -1,11 +1,11 @@
-"""Who owns a sandbox resource: a process stamp that survives pid reuse, and a reaper for local leftovers."""
+"""Who owns a sandbox resource: a process stamp that survives pid reuse, and a reaper for local leftovers
+(``reaper.reap_local_orphans_once`` runs it, with the cgroup reaper, once per process)."""
 
 from __future__ import annotations
 
 import os
 import re
 import tempfile
-import threading
 from pathlib import Path
 
 from .workdir import remove_tree
@@ -13,8 +13,6 @@ from .workdir import remove_tree
 #: Prefix of a local sandbox's host directory; the owner's pid and start time follow it.
 LOCAL_PREFIX = "aligngym-sandbox-"
 _LOCAL_NAME = re.compile(re.escape(LOCAL_PREFIX) + r"(\d+)-(\d+)-")
-_reaped = False
-_reap_lock = threading.Lock()
 
 
 def start_ticks(pid: int) -> str | None:
@@ -57,15 +55,3 @@ def reap_local_orphans(root: str | None = None) -> int:
             remove_tree(os.path.join(root, name))
             removed += 1
     return removed
-
-
-def reap_local_orphans_once() -> None:
-    """Run the local reaper the first time a sandbox is made in this process."""
-    global _reaped
-    with _reap_lock:
-        if not _reaped:
-            _reaped = True
-            reap_local_orphans()
-            from .limits import reap_orphan_cgroups  # limits imports this module
-
-            reap_orphan_cgroups()

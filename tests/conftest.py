@@ -37,3 +37,19 @@ def chat_server():
     yield start
     for ctx in servers:
         ctx.__exit__(None, None, None)
+
+
+@pytest.fixture
+def room():
+    """``room(n)`` sets the sandbox cap to what is live now plus ``n``; the old cap comes back afterwards."""
+    from aligngym.sandboxes.cap import evict_idle, live_sandboxes, max_sandboxes, set_max_sandboxes
+
+    saved = max_sandboxes()
+    while evict_idle():  # idle sandboxes of other tests' pools would blur the count
+        pass
+
+    def set_room(n: int) -> None:
+        set_max_sandboxes(live_sandboxes() + n)
+
+    yield set_room
+    set_max_sandboxes(saved)

@@ -220,7 +220,10 @@ def test_assert_tests_ignore_faked_eq_bool_and_patched_builtins(make_env):
     )
     obs, reward, _, _, info = attempt(env, fake, "three")
     assert reward == 0.0, obs
-    result = UnitTestVerifier(env._get_verifier().sandbox).verify(fake, THREE)
+    try:
+        result = UnitTestVerifier(env._lease.get()).verify(fake, THREE)
+    finally:
+        env._lease.release()
     # the object never reaches the tests: only plain values cross from the solution's process
     assert all("a Fake object crossed to the tests" in d.error for d in result.details), result.details
     assert attempt(env, "def three():\n    return [1, 2, 3]\n", "three")[1] == 1.0

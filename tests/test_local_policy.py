@@ -8,7 +8,8 @@ import pytest
 
 from aligngym.agents.local import SamplingConfig, TransformersAgent, chat_prompt_ids, generate_batch
 from aligngym.agents.tiny import build_tiny_model, build_tiny_tokenizer, load_model_and_tokenizer
-from aligngym.trainers.env_rollout import EnvRollout, env_suffix_ids, prompt_key
+from aligngym.trainers.env_rollout import EnvRollout, prompt_key
+from aligngym.trainers.tokens import env_suffix_ids
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,8 @@ def test_self_play_rollout_shares_episodes_between_seats(tiny):
     rollout = EnvRollout("aligngym/JudgedDebate-v0", {"rounds": 2}, tasks, SamplingConfig(max_new_tokens=4))
     slots = rollout.play(model, tok, [p0, p1, p0])
     assert [s.seat for s in slots] == ["debater_0", "debater_1", "debater_0"]
-    assert slots[0].job is slots[1].job and slots[2].job is not slots[0].job  # one episode serves both seats
+    # one episode serves both seats; the repeated prompt gets an episode of its own
+    assert slots[0].episode_id == slots[1].episode_id != slots[2].episode_id
     for slot in slots:
         assert slot.done and len(slot.completion_ids) == len(slot.env_mask) == len(slot.logprobs)
         assert slot.env_mask.count(0) > 0  # the opponent's argument came back as environment tokens

@@ -139,6 +139,38 @@ def test_logprobs_when_asked():
         assert all(lp < 0 for lp in response.logprobs)
 
 
+def test_token_ids_when_asked_as_vllm_answers_them():
+    from aligngym.agents.tiny import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    with ScriptedChatServer(["12", "abcdef"], tokenizer=tok).run_in_thread() as srv:
+        plain = _act(_agent(srv))
+        assert "return_token_ids" not in srv.last_request  # off by default: OpenAI itself rejects it
+        assert plain.token_ids is None and plain.prompt_ids is None
+        response = _act(_agent(srv, return_tokens=True))
+        assert srv.last_request["return_token_ids"] is True and srv.last_request["logprobs"] is True
+        prompt = tok.apply_chat_template(USER, tokenize=False, add_generation_prompt=True)
+        assert response.prompt_ids == tok(prompt, add_special_tokens=False)["input_ids"]
+        assert response.token_ids == tok("12", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert len(response.logprobs) == len(response.token_ids) == response.usage["completion_tokens"]
+        assert response.usage["prompt_tokens"] == len(response.prompt_ids)
+        # Cut by max_tokens: no end-of-turn token, and the text is what the kept ids spell.
+        history = [*USER, {"role": "assistant", "content": "12"}, *USER]
+        cut = _act(_agent(srv, return_tokens=True, max_tokens=2), history)
+        assert (cut.text, cut.finish_reason, len(cut.token_ids)) == ("ab", "length", 2)
+        # A caller's extra_body wins, e.g. for a server that refuses the parameter.
+        _act(_agent(srv, return_tokens=True, extra_body={"return_token_ids": False}))
+        assert srv.last_request["return_token_ids"] is False
+
+
+def test_token_ids_are_left_unknown_when_the_server_ignores_the_request():
+    with ScriptedChatServer(["a b c"]).run_in_thread() as srv:  # without a tokenizer, as OpenAI or old vLLM
+        response = _act(_agent(srv, return_tokens=True))
+        assert srv.last_request["return_token_ids"] is True
+        assert response.token_ids is None and response.prompt_ids is None
+        assert response.logprobs is not None and len(response.logprobs) == 3  # what it does answer is kept
+
+
 def test_tool_calls_are_returned():
     tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
 

@@ -21,6 +21,7 @@ PUBLIC = {
         "register",
         "registered",
         "rollout",
+        "run_episode",
     },
     "aligngym.envs": {
         "EnvEntry",

@@ -501,11 +501,10 @@ def test_cli_sandbox_build_uses_the_cached_image_and_rejects_unknown_pythons(ima
 
 def test_one_cap_counts_sandboxes_of_every_backend(image):
     """ALIGNGYM_MAX_SANDBOXES is one process-wide cap: a docker container and a local sandbox share it."""
-    from aligngym.sandboxes import make_sandbox
-    from aligngym.sandboxes import pool as cap
+    from aligngym.sandboxes import cap, make_sandbox
 
     old = cap.max_sandboxes()
-    while cap._evict_idle():  # warm spares left by other tests would be evicted on demand; drop them now
+    while cap.evict_idle():  # warm spares left by other tests would be evicted on demand; drop them now
         pass
     docker_pool = DockerPool(size=0)
     try:

@@ -219,13 +219,15 @@ def private_docker_pool(monkeypatch):
     started: list[str] = []
     create = pool._create
 
-    def recording_create(client, spec):
-        container = create(client, spec)
+    def recording_create(client, spec, slot):
+        container = create(client, spec, slot)
         started.append(container.id)
         return container
 
     pool._create = recording_create
-    monkeypatch.setitem(BACKENDS, "docker", lambda config: DockerSandbox(config, pool=pool))
+    monkeypatch.setitem(
+        BACKENDS, "docker", lambda config, slot=None: DockerSandbox(config, slot=slot, pool=pool)
+    )
     yield pool, started
     pool.shutdown()
 

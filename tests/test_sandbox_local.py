@@ -36,7 +36,7 @@ from aligngym.sandboxes import bwrap as bwrap_mod
 from aligngym.sandboxes import forkserver as forkserver_mod
 from aligngym.sandboxes import limits as limits_mod
 from aligngym.sandboxes import local as local_mod
-from aligngym.sandboxes.pool import live_sandboxes
+from aligngym.sandboxes.cap import live_sandboxes
 
 needs_bwrap = pytest.mark.skipif(not bwrap_available(), reason="bubblewrap is not usable on this machine")
 MODES = [pytest.param(True, id="bwrap", marks=needs_bwrap), pytest.param(False, id="unisolated")]

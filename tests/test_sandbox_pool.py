@@ -13,14 +13,8 @@ import pytest
 from _helpers import pids_with
 
 from aligngym.sandboxes import SandboxError, bwrap_available, make_sandbox
-from aligngym.sandboxes import pool as pool_mod
-from aligngym.sandboxes.pool import (
-    SandboxPool,
-    get_pool,
-    live_sandboxes,
-    max_sandboxes,
-    set_max_sandboxes,
-)
+from aligngym.sandboxes.cap import live_sandboxes, set_max_sandboxes
+from aligngym.sandboxes.pool import SandboxPool, get_pool
 
 needs_bwrap = pytest.mark.skipif(not bwrap_available(), reason="bubblewrap is not usable on this machine")
 MODES = [pytest.param(True, id="bwrap", marks=needs_bwrap), pytest.param(False, id="unisolated")]
@@ -31,20 +25,6 @@ def _quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the unisolated warning
         yield
-
-
-@pytest.fixture
-def room():
-    """``room(n)`` sets the cap to what is live now plus ``n``; the old cap comes back afterwards."""
-    saved = max_sandboxes()
-    while pool_mod._evict_idle():  # idle sandboxes of other tests' pools would blur the count
-        pass
-
-    def set_room(n: int) -> None:
-        set_max_sandboxes(live_sandboxes() + n)
-
-    yield set_room
-    set_max_sandboxes(saved)
 
 
 def _wait_for(predicate, timeout: float = 5.0) -> bool:
@@ -233,7 +213,7 @@ class _SharedTickets:
 
 
 def test_cluster_gate_caps_creation_and_takes_back_idle_tickets(room):
-    from aligngym.sandboxes.pool import set_cluster_gate
+    from aligngym.sandboxes.cap import set_cluster_gate
 
     room(10)  # the process-wide cap is not what limits here
     gate = _SharedTickets(limit=1)

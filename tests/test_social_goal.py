@@ -6,25 +6,18 @@ import asyncio
 import json
 import math
 import warnings
-from importlib import resources
 
 import pytest
 from pettingzoo.test import parallel_api_test
 
 import aligngym
 from aligngym.agents.scripted import ScriptedAgent
+from aligngym.envs.datasets import load_rows
 from aligngym.envs.social_goal import SocialGoalEnv, load_scenarios
 from aligngym.feedback.sotopia import DIMENSIONS, ModelEvaluator, ScriptedEvaluator, Utterance
 
 ENV_ID = "aligngym/SocialGoal-v0"
-ROWS = [
-    json.loads(line)
-    for line in resources.files("aligngym.envs")
-    .joinpath("data/social_scenarios.jsonl")
-    .read_text()
-    .splitlines()
-    if line.strip()
-]
+ROWS = load_rows("scenarios", "social_scenarios.jsonl", names=("scenarios",))  # the shipped scenarios
 BIKE = next(r for r in ROWS if r["id"] == "used_bike_sale")  # Maya sells, Leo buys; Leo's secret: $380
 
 

@@ -12,9 +12,9 @@ from _helpers import run_cli
 from gymnasium.utils.env_checker import check_env
 
 from aligngym.agents.scripted import ScriptedAgent
-from aligngym.envs.answers import is_number, normalize
 from aligngym.envs.tool_calls import MAX_CALLS
 from aligngym.envs.tool_use import BUILTIN_TOOLS, ToolUseEnv, expert_text, load_tasks
+from aligngym.feedback.answers import is_number, normalize
 from aligngym.trajectory import read_trajectories
 
 TASK = {"id": "t", "question": "What is 6 times 7?", "answer": "42", "tools_needed": ["calculator"]}

@@ -39,6 +39,76 @@ def test_bad_configs_say_what_to_fix(tmp_path, data, message):
         load_config(path)
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        # iterate runs its inner method's checks too, not only its own.
+        ({"inner_method": "grpo", "batch_size": 30, "num_generations": 8}, "multiple of num_generations"),
+        ({"inner_method": "rloo", "num_generations": 1, "batch_size": 8}, "GRPO needs >= 2"),
+        ({"inner_method": "grpo", "vllm_mode": "remote"}, "vllm_mode"),
+        ({"inner_method": "dpo", "min_margin": 0}, "min_margin"),
+        ({"inner_method": "sft"}, "reward_threshold and/or top_k"),
+        ({"inner_method": "reward"}, "inner_method"),
+        ({"inner_method": "sft", "top_k": 2, "rounds": 0}, "rounds: must be >= 1"),
+    ],
+)
+def test_iterate_validates_its_inner_method(tmp_path, data, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"method": "iterate", **data}))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+    with pytest.raises(ConfigError, match=message):  # a config built in code is checked the same way
+        TrainConfig(**{"method": "iterate", **data}).validate()
+
+
+def test_every_method_runs_the_common_checks(tmp_path):
+    data = tmp_path / "t.jsonl"
+    data.write_text("")
+    for method, extra in [
+        ("grpo", {}),
+        ("dpo", {}),
+        ("sft", {"top_k": 1}),
+        ("reward", {}),
+        ("iterate", {"top_k": 1}),
+    ]:
+        for bad, message in [({"resume": True}, "save_steps"), ({"logging_steps": 0}, "logging_steps")]:
+            config = TrainConfig(method=method, data=str(data), **extra, **bad)
+            with pytest.raises(ConfigError, match=message):
+                config.validate()
+
+
+def test_iterate_with_a_bad_inner_group_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "run"
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"method": "iterate", "inner_method": "grpo", "batch_size": 30, "output_dir": str(out)}
+        )
+    )
+    result = run_cli("train", path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "aligngym: error: inner_method grpo: batch_size (30) must be a multiple of num_generations (8)"
+    ]
+    assert not out.exists() and result.stdout == ""  # no rollout, no model, no output folder
+
+
+def test_train_help_lists_every_key_with_help_and_default():
+    import dataclasses
+
+    from aligngym.trainers.config import GROUPS
+
+    result = run_cli("train", "--help")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        (line,) = [x for x in lines if x.startswith(f"  {f.name} ")]
+        assert f.metadata["help"] in line and f"(default {default!r})" in line, line
+    for group in GROUPS:
+        assert any(x.startswith(f"{group} (") for x in lines), group
+
+
 def test_int_is_accepted_for_float_fields(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("learning_rate: 1\n")

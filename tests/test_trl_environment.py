@@ -93,3 +93,36 @@ def test_trl_grpo_trainer_runs_an_aligngym_environment(tmp_path):
     logged = [h for h in trainer.state.log_history if "reward" in h]
     assert [h["step"] for h in logged] == [1, 2]
     assert "rewards/Arithmetic_v0Environment/mean" in logged[0]  # the env's get_reward is the reward
+
+
+def test_an_env_error_is_the_tools_reply_not_a_crash_in_trl():
+    import gymnasium as gym
+
+    from aligngym.envs import registry
+    from aligngym.envs.base import StepResult, TextEnv
+
+    class Breaks(TextEnv):
+        description = "test env: its turn raises"
+
+        def __init__(self):
+            super().__init__(max_turns=3)
+
+        def new_episode(self, options):
+            return "say anything", {}
+
+        def turn(self, action: str) -> StepResult:
+            raise RuntimeError("the grader crashed")
+
+    registry.register("aligngym-test/Breaks-v0", Breaks)
+    try:
+        env = as_trl_environment("aligngym-test/Breaks-v0")()
+        assert env.reset(seed=0) == "say anything"
+        assert env.respond(message="hi") == "The environment failed: RuntimeError: the grader crashed"
+        assert env.get_reward() == 0.0 and env.done
+        assert (
+            env._episode.trajectory.error == "RuntimeError: the grader crashed"
+        )  # recorded as rollout would
+        assert env.reset(seed=1) == "say anything"  # the next episode starts afresh
+    finally:
+        registry._ENTRIES.pop("aligngym-test/Breaks-v0", None)
+        gym.registry.pop("aligngym-test/Breaks-v0", None)

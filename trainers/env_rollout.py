@@ -1,21 +1,34 @@
 """Environment-driven generation for TRL: episodes played by the policy being trained.
 
 TRL's ``rollout_func`` hook hands us the prompts of a batch; we play one episode per prompt in the
-environment it came from, keeping the exact generated token ids (never re-tokenised text) and marking the
-tokens the environment wrote with ``env_mask = 0`` so they are not trained on.
+environment it came from, all of them at once through ``run_episode`` (the driver ``aligngym rollout`` uses),
+with the trained policy as their agent (``TrainerPolicy``: one batched generation per round, tools in the chat
+template). Each sample is built from the exact token ids the policy sampled (``trainers/tokens.py``), and the
+tokens the environment wrote get ``env_mask = 0`` so they are not trained on. An episode that fails (the env
+raised) is recorded and becomes a zero-advantage sample instead of crashing the training step.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from aligngym.agents.local import SamplingConfig, chat_prompt_ids, generate_batch
-from aligngym.envs.registry import make
+from aligngym.agents.local import SamplingConfig, generate_batch
+from aligngym.envs.base import run_sync
+from aligngym.episode import EnvPool, run_episode
+from aligngym.trajectory import Trajectory
 
 from .generation import Generate, ranks_live, vllm_generate
+from .policy_agent import PolicySeat, TrainerPolicy
+from .tokens import trajectory_sample
+
+logger = logging.getLogger(__name__)
 
 
 def prompt_key(messages: list[dict[str, Any]]) -> str:
@@ -23,51 +36,44 @@ def prompt_key(messages: list[dict[str, Any]]) -> str:
     return json.dumps(messages, sort_keys=True, ensure_ascii=False)
 
 
-def env_suffix_ids(
-    tokenizer, history: list[dict], generated_ids: list[int], new_messages: list[dict]
-) -> list[int]:
-    """Token ids the chat template puts between the policy's generated turn and its next turn.
-
-    ``history`` ends with the message the policy answered and ``new_messages`` starts with that answer. The
-    suffix is computed on rendered text, so any chat template works, and only the suffix is tokenised: the
-    generated ids themselves are kept exactly as sampled.
-    """
-    prompt_text = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(history + new_messages, tokenize=False, add_generation_prompt=True)
-    # With its end-of-turn token the turn is a prefix as generated; cut by length, the template's
-    # end-of-turn token is missing and becomes part of the environment's text.
-    for skip_special in (False, True):
-        prefix = prompt_text + tokenizer.decode(generated_ids, skip_special_tokens=skip_special)
-        if full.startswith(prefix):
-            return tokenizer(full[len(prefix) :], add_special_tokens=False)["input_ids"]
-    raise ValueError(
-        "the chat template does not render the generated turn verbatim, so environment tokens cannot be "
-        "aligned with the generated ids; use a template that keeps assistant content unchanged"
-    )
-
-
 @dataclass
 class Slot:
-    """One policy seat in one episode in flight: the tokens it generated and what the env wrote to it."""
+    """One prompt's share of an episode: its seat's trajectory and the tokens trained on."""
 
-    job: Job
     seat: str | None
-    messages: list[dict]
+    trajectory: Trajectory
     prompt_ids: list[int]
     completion_ids: list[int] = field(default_factory=list)
     env_mask: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
-    reward: float = 0.0
-    components: dict[str, float] = field(default_factory=dict)
-    done: bool = False
+
+    @property
+    def episode_id(self) -> str:
+        return self.trajectory.episode_id
+
+    @property
+    def reward(self) -> float:
+        """The episode's reward for this seat; NaN when the episode failed (it carries no signal)."""
+        return math.nan if self.trajectory.error else self.trajectory.reward
+
+    @property
+    def components(self) -> dict[str, float]:
+        return self.trajectory.reward_components
+
+    @property
+    def messages(self) -> list[dict]:
+        return self.trajectory.messages
+
+    @property
+    def done(self) -> bool:
+        """The episode finished without error."""
+        return not self.trajectory.error
 
 
 @dataclass
-class Job:
-    """One environment episode; single-agent envs have one slot, multi-agent envs one per seat."""
-
-    env: Any
-    slots: dict[str | None, Slot] = field(default_factory=dict)
+class _Episode:
+    seed: int
+    seats: list[str | None] = field(default_factory=list)  # the seats prompts asked for
 
 
 class EnvRollout:
@@ -84,32 +90,37 @@ class EnvRollout:
         env_kwargs: dict[str, Any],
         tasks_by_prompt: dict[str, tuple[int, str | None]],
         sampling: SamplingConfig,
+        failed_path: str | Path | None = None,
     ):
         self.env_id = env_id
-        self.env_kwargs = env_kwargs
         self.tasks_by_prompt = tasks_by_prompt
         self.sampling = sampling
-        self._pool: list[Any] = []
+        self.envs = EnvPool(env_id, env_kwargs)
         self.component_names: list[str] = []
+        #: Where failed episodes are written (JSONL, appended), when set.
+        self.failed_path = Path(failed_path) if failed_path else None
+        self.failed = 0
 
-    def _jobs(self, prompts: list[list[dict]]) -> tuple[list[tuple[Job, str | None]], dict[int, int]]:
-        """Assign each prompt to an episode: (job, seat) per prompt in prompt order, and each job's seed."""
-        jobs: list[tuple[int, Job]] = []
+    def _episodes(
+        self, prompts: list[list[dict]]
+    ) -> tuple[list[_Episode], list[tuple[_Episode, str | None]]]:
+        """The episodes the prompts need, and each prompt's (episode, seat) in prompt order."""
+        episodes: list[_Episode] = []
         placed = []
         for prompt in prompts:
             task = self.tasks_by_prompt.get(prompt_key(prompt))
             if task is None:
                 raise KeyError("a training prompt does not come from this environment's dataset")
             seed, seat = task
-            job = next((j for s, j in jobs if s == seed and seat is not None and seat not in j.slots), None)
-            if job is None:
-                if len(self._pool) <= len(jobs):
-                    self._pool.append(_unwrapped(make(self.env_id, **self.env_kwargs)))
-                job = Job(self._pool[len(jobs)])
-                jobs.append((seed, job))
-            job.slots[seat] = None  # reserved; filled at reset
-            placed.append((job, seat, seed))
-        return [(job, seat) for job, seat, _ in placed], {id(j): s for s, j in jobs}
+            episode = next(
+                (e for e in episodes if e.seed == seed and seat is not None and seat not in e.seats), None
+            )
+            if episode is None:
+                episode = _Episode(seed)
+                episodes.append(episode)
+            episode.seats.append(seat)
+            placed.append((episode, seat))
+        return episodes, placed
 
     def play(
         self,
@@ -119,68 +130,63 @@ class EnvRollout:
         generate: Generate | None = None,
         live_anywhere: Callable[[bool], bool] | None = None,
     ) -> list[Slot]:
-        """Play the episodes behind ``prompts``, batching the policy's turns across all live seats.
+        """Play the episodes behind ``prompts`` at once, batching the policy's turns across all live seats.
 
         ``generate`` defaults to sampling from ``model``; ``live_anywhere`` (see ``generation.ranks_live``)
         keeps several training processes generating in lockstep.
         """
         generate = generate or (lambda contexts: generate_batch(model, tokenizer, contexts, self.sampling))
-        live_anywhere = live_anywhere or (lambda live_here: live_here)
-        placed, seeds = self._jobs(prompts)
-        jobs = list({id(job): job for job, _ in placed}.values())
-        for job in jobs:
-            wanted = list(job.slots)
-            _, infos = job.env.reset(seed=seeds[id(job)])
-            if wanted == [None]:
-                infos = {None: infos}
-            else:  # a self-play episode: every seat is played, the unasked ones are simply not returned
-                wanted = list(job.env.possible_agents)
-            job.slots = {
-                seat: Slot(
-                    job, seat, infos[seat]["messages"], chat_prompt_ids(tokenizer, infos[seat]["messages"])
-                )
-                for seat in wanted
-            }
-        while True:
-            live = [slot for job in jobs for slot in job.slots.values() if not slot.done]
-            if not live_anywhere(bool(live)):
-                break
-            if not live:  # this rank is done but others generate: keep the collective call count equal
-                generate([[tokenizer.eos_token_id]])
-                continue
-            contexts = [slot.prompt_ids + slot.completion_ids for slot in live]
-            responses = generate(contexts)
-            by_job: dict[int, dict[str | None, Any]] = {}
-            for slot, resp in zip(live, responses, strict=True):
-                slot.completion_ids += resp.token_ids
-                slot.env_mask += [1] * len(resp.token_ids)
-                slot.logprobs += resp.logprobs
-                by_job.setdefault(id(slot.job), {})[slot.seat] = resp
-            for job in jobs:
-                if id(job) in by_job:
-                    self._step(job, by_job[id(job)], tokenizer)
-        return [job.slots[seat] for job, seat in placed]
+        episodes, placed = self._episodes(prompts)
+        policy = TrainerPolicy(tokenizer, generate, live_anywhere)
+        groups = run_sync(self._play_all(policy, episodes))
+        by_seat = {(id(e), t.agent_id): t for e, group in zip(episodes, groups, strict=True) for t in group}
+        return [self._slot(seat, by_seat[(id(e), seat)], tokenizer) for e, seat in placed]
 
-    def _step(self, job: Job, responses: dict[str | None, Any], tokenizer) -> None:
-        history = {seat: list(job.slots[seat].messages) for seat in responses}
-        if None in responses:
-            _, reward, terminated, truncated, info = job.env.step(responses[None].text)
-            rewards, dones, infos = {None: reward}, {None: terminated or truncated}, {None: info}
-        else:
-            _, rewards, terms, truncs, infos = job.env.step({s: r.text for s, r in responses.items()})
-            dones = {s: terms[s] or truncs[s] for s in responses}
-        for seat, resp in responses.items():
-            slot = job.slots[seat]
-            slot.reward += float(rewards[seat])
-            slot.components = infos[seat]["reward_components"]
-            slot.messages = infos[seat]["messages"]
-            slot.done = bool(dones[seat])
-            if not slot.done:
-                new = slot.messages[len(history[seat]) :]
-                suffix = env_suffix_ids(tokenizer, history[seat], resp.token_ids, new)
-                slot.completion_ids += suffix
-                slot.env_mask += [0] * len(suffix)
-                slot.logprobs += [0.0] * len(suffix)
+    async def _play_all(self, policy: TrainerPolicy, episodes: list[_Episode]) -> list[list[Trajectory]]:
+        # Every seat exists before the first generation round, so that round waits for all of them.
+        jobs = []
+        for episode in episodes:
+            env = self.envs.take()
+            if hasattr(env, "possible_agents"):
+                seats: dict[str, PolicySeat] | PolicySeat = {s: policy.seat() for s in env.possible_agents}
+            else:
+                seats = policy.seat()
+            jobs.append((episode, env, seats))
+
+        async def one(episode: _Episode, env: Any, seats: dict[str, PolicySeat] | PolicySeat):
+            group: list[Trajectory] = []
+            try:
+                group = await run_episode(env, seats, episode.seed, env_id=self.env_id, episode=episode.seed)
+            finally:
+                for seat in seats.values() if isinstance(seats, dict) else [seats]:
+                    seat.end()
+                self.envs.give_back(env, bool(group) and not group[0].error)
+            return group
+
+        serving = asyncio.ensure_future(policy.serve())
+        try:
+            groups = await asyncio.gather(*(one(*job) for job in jobs))
+        finally:
+            await serving
+        return list(groups)
+
+    def _slot(self, seat: str | None, trajectory: Trajectory, tokenizer) -> Slot:
+        if trajectory.error or not trajectory.tokens:
+            self._record_failure(trajectory)
+            # Zero advantage: nothing is trained on (mask 0), and __call__ gives it its group's mean reward.
+            eos = [tokenizer.eos_token_id]
+            return Slot(seat, trajectory, [tokenizer.eos_token_id], eos, [0], [0.0])
+        sample = trajectory_sample(trajectory, tokenizer)
+        logprobs = sample.logprobs or [0.0] * len(sample.completion_ids)
+        return Slot(seat, trajectory, sample.prompt_ids, sample.completion_ids, sample.env_mask, logprobs)
+
+    def _record_failure(self, trajectory: Trajectory) -> None:
+        self.failed += 1
+        logger.warning("episode (seed %s) failed and trains nothing: %s", trajectory.seed, trajectory.error)
+        if self.failed_path is not None:
+            self.failed_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.failed_path.open("a", encoding="utf-8") as f:
+                f.write(trajectory.to_json() + "\n")
 
     def __call__(self, prompts: list[list[dict]], trainer) -> dict[str, list]:
         model = trainer.accelerator.unwrap_model(trainer.model)
@@ -191,17 +197,29 @@ class EnvRollout:
             slots = self.play(model, trainer.processing_class, prompts, generate, ranks_live(trainer))
         finally:
             model.train(was_training)
+        rewards = _fill_failed(prompts, [s.reward for s in slots])
         out: dict[str, list] = {
             "prompt_ids": [s.prompt_ids for s in slots],
             "completion_ids": [s.completion_ids for s in slots],
             "logprobs": [s.logprobs for s in slots],
             "env_mask": [s.env_mask for s in slots],
-            "env_reward": [s.reward for s in slots],
+            "env_reward": rewards,
         }
         for name in self.component_names:
-            out[f"component_{name}"] = [float(s.components.get(name, float("nan"))) for s in slots]
+            out[f"component_{name}"] = [float(s.components.get(name, math.nan)) for s in slots]
         return out
 
 
-def _unwrapped(env: Any) -> Any:
-    return getattr(env, "unwrapped", env)
+def _fill_failed(prompts: list[list[dict]], rewards: list[float]) -> list[float]:
+    """A failed episode's reward (NaN) becomes the mean of its prompt's other rewards: a zero advantage."""
+    groups: dict[str, list[float]] = {}
+    for prompt, reward in zip(prompts, rewards, strict=True):
+        if not math.isnan(reward):
+            groups.setdefault(prompt_key(prompt), []).append(reward)
+    filled = []
+    for prompt, reward in zip(prompts, rewards, strict=True):
+        if math.isnan(reward):
+            others = groups.get(prompt_key(prompt), [])
+            reward = sum(others) / len(others) if others else 0.0
+        filled.append(reward)
+    return filled

@@ -7,7 +7,7 @@ from typing import Any
 
 from .config import TrainConfig
 from .env_rollout import EnvRollout, prompt_key
-from .offline import checkpointing, peft_config, run_trainer
+from .trl_setup import checkpointing, peft_config, run_trainer
 
 
 def env_prompt_dataset(env_id: str, env_kwargs: dict[str, Any], num_prompts: int):
@@ -30,22 +30,23 @@ def env_prompt_dataset(env_id: str, env_kwargs: dict[str, Any], num_prompts: int
             # Identical prompts are the same task for the learner; the first (seed, seat) stands for all.
             if tasks.setdefault(prompt_key(prompt), (seed, seat)) == (seed, seat):
                 rows.append({"prompt": prompt, "seed": seed, "seat": seat or ""})
-    components = _component_names(env, multi)
+    components = _component_names(env)
     env.close()
     return Dataset.from_list(rows), tasks, components
 
 
-def _component_names(env, multi: bool) -> list[str]:
-    """Play one throwaway episode with empty replies to learn the names of the reward components."""
-    env.reset(seed=0)
-    if not multi:
-        return sorted(env.step("")[4]["reward_components"])
-    names: set[str] = set()
-    while env.agents:
-        infos = env.step(dict.fromkeys(env.agents, ""))[4]
-        for info in infos.values():
-            names |= set(info["reward_components"])
-    return sorted(names)
+def _component_names(env) -> list[str]:
+    """The names of the env's reward components, from one episode with empty replies (the one driver plays it)."""
+    from aligngym.agents.scripted import ScriptedAgent
+    from aligngym.envs.base import run_sync
+    from aligngym.episode import run_episode
+
+    group = run_sync(run_episode(env, ScriptedAgent([""]), seed=0))
+    if group[0].error:
+        raise RuntimeError(
+            f"an episode with empty replies failed, so its reward components are unknown: {group[0].error}"
+        )
+    return sorted({name for traj in group for name in traj.reward_components})
 
 
 def _reward_func(name: str, key: str):
@@ -69,6 +70,7 @@ def train_grpo(config: TrainConfig, model, tokenizer):
         config.env_kwargs,
         tasks,
         SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature),
+        failed_path=os.path.join(config.output_dir, "failed_episodes.jsonl"),
     )
     rollout.component_names = components
     # The env's scalar reward trains; its components ride along with weight 0 so TRL logs each of them.

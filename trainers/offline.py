@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from .config import ConfigError, TrainConfig
-from .logging import MetricsCallback
 from .pairs import PairConfig, build_pairs, build_sft
+from .trl_setup import build_trainer, common_args, fit, peft_config, run_trainer
 
 
 def _pair_config(config: TrainConfig) -> PairConfig:
@@ -19,90 +18,47 @@ def _pair_config(config: TrainConfig) -> PairConfig:
     )
 
 
-def _common_args(config: TrainConfig) -> dict[str, Any]:
-    import torch
-
-    return {
-        "output_dir": config.output_dir,
-        "max_steps": config.max_steps,
-        "learning_rate": config.learning_rate,
-        "per_device_train_batch_size": config.batch_size,
-        "logging_steps": config.logging_steps,
-        "seed": config.seed,
-        "use_cpu": not torch.cuda.is_available(),
-        "bf16": False,
-        "report_to": "none",
-        **checkpointing(config),
-        **config.trl,
-    }
-
-
-def checkpointing(config: TrainConfig) -> dict[str, Any]:
-    """TrainingArguments for periodic checkpoints (what ``resume`` continues from)."""
-    if config.save_steps > 0:
-        return {"save_strategy": "steps", "save_steps": config.save_steps, "save_total_limit": 2}
-    return {"save_strategy": "no"}
-
-
-def peft_config(config: TrainConfig):
-    """A peft ``LoraConfig`` when ``lora_r > 0``, else None (full fine-tuning)."""
-    if config.lora_r <= 0:
-        return None
-    from peft import LoraConfig
-
-    targets = config.lora_target_modules
-    return LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-        task_type="CAUSAL_LM",
-    )
-
-
-def run_trainer(trainer_cls, args, config: TrainConfig, model, tokenizer, dataset, **extra: Any):
-    """Build a TRL trainer with our metrics callback, then train it (resuming when asked)."""
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=[MetricsCallback(config.output_dir, append=config.resume)],
-        **extra,
-    )
-    return fit(trainer, config)
-
-
-def fit(trainer, config: TrainConfig):
-    """``trainer.train()``, resuming from the last checkpoint of ``output_dir`` when asked and present."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = (
-        get_last_checkpoint(config.output_dir) if config.resume and os.path.isdir(config.output_dir) else None
-    )
-    trainer.train(resume_from_checkpoint=last)
-    return trainer
-
-
 def _rows(config: TrainConfig) -> list[dict[str, Any]]:
     from aligngym.trajectory import read_trajectories
 
     return read_trajectories(config.data)
 
 
-def train_dpo(config: TrainConfig, model, tokenizer):
-    """TRL ``DPOTrainer`` on pairs built from ``config.data`` (chosen = higher reward of the same prompt)."""
+def _pair_dataset(config: TrainConfig, pairs: list[dict[str, Any]]):
+    """The conversational columns of ``pairs`` as a dataset; no pairs is a ``ConfigError``."""
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
 
-    pairs = build_pairs(_rows(config), _pair_config(config))
     if not pairs:
         raise ConfigError(
             f"data: no preference pairs in {config.data} (need >= 2 successful trajectories of the same prompt "
             f"whose rewards differ by >= min_margin={config.min_margin})"
         )
-    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
-    args = DPOConfig(beta=config.beta or 0.1, **_common_args(config))
-    return run_trainer(DPOTrainer, args, config, model, tokenizer, dataset, peft_config=peft_config(config))
+    return Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+
+
+def dpo_trainer(config: TrainConfig, model, tokenizer, pairs: list[dict[str, Any]]):
+    """A DPO trainer on ``pairs`` whose loss covers the policy's (assistant) tokens only; not trained yet."""
+    from trl import DPOConfig
+
+    from .turn_masks import AssistantOnlyDPOTrainer, assistant_mask_collator
+
+    args = DPOConfig(beta=config.beta or 0.1, **common_args(config))
+    return build_trainer(
+        AssistantOnlyDPOTrainer,
+        args,
+        config,
+        model,
+        tokenizer,
+        _pair_dataset(config, pairs),
+        data_collator=assistant_mask_collator(tokenizer, args),
+        peft_config=peft_config(config),
+    )
+
+
+def train_dpo(config: TrainConfig, model, tokenizer):
+    """DPO on pairs built from ``config.data`` (chosen = higher reward of the same prompt)."""
+    pairs = build_pairs(_rows(config), _pair_config(config))
+    return fit(dpo_trainer(config, model, tokenizer, pairs), config)
 
 
 def train_sft(config: TrainConfig, model, tokenizer):
@@ -115,23 +71,25 @@ def train_sft(config: TrainConfig, model, tokenizer):
         raise ConfigError(f"data: no trajectory in {config.data} passes reward_threshold/top_k")
     dataset = Dataset.from_list([{"messages": k["messages"]} for k in kept])
     # Environment turns are context, not targets: only the policy's own turns are trained on.
-    args = SFTConfig(assistant_only_loss=True, **_common_args(config))
+    args = SFTConfig(assistant_only_loss=True, **common_args(config))
     return run_trainer(SFTTrainer, args, config, model, tokenizer, dataset, peft_config=peft_config(config))
 
 
 def completion_logprob(model, tokenizer, prompt: list[dict], completion: list[dict]) -> float:
-    """Sum of the model's log-probabilities of ``completion``'s tokens after ``prompt`` (chat-templated)."""
+    """Sum of the model's log-probabilities of the assistant tokens of ``completion`` after ``prompt``.
+
+    The same tokens DPO trains on (``turn_masks``): environment turns inside ``completion`` are context only.
+    """
     import torch
 
-    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=False)
-    full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
+    from .turn_masks import encode_conversation, training_chat_template
+
+    _, full_ids, mask = encode_conversation(tokenizer, prompt, completion, training_chat_template(tokenizer))
     ids = torch.tensor([full_ids], device=next(model.parameters()).device)
     with torch.no_grad():
         logits = model(ids).logits[0, :-1].float()
     logps = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
-    return float(logps[len(prompt_ids) - 1 :].sum())
+    return float((logps * torch.tensor(mask[1:], device=logps.device)).sum())
 
 
 def implicit_margin(policy, reference, tokenizer, pair: dict[str, Any], beta: float = 0.1) -> float:
@@ -168,16 +126,16 @@ def load_reward_model(name_or_path: str):
 
 
 def train_reward(config: TrainConfig):
-    """TRL ``RewardTrainer`` on pairs from ``config.data``: the env's preferences become a reward model."""
-    from datasets import Dataset
+    """TRL ``RewardTrainer`` on pairs from ``config.data``: the env's preferences become a reward model.
+
+    Unlike DPO nothing is masked: the reward model scores the whole conversation with one scalar (its last
+    token), so the environment's turns are part of what it judges, as they are when the env rewards it.
+    """
     from trl import RewardConfig, RewardTrainer
 
-    pairs = build_pairs(_rows(config), _pair_config(config))
-    if not pairs:
-        raise ConfigError(f"data: no preference pairs in {config.data} (see min_margin)")
+    dataset = _pair_dataset(config, build_pairs(_rows(config), _pair_config(config)))
     model, tokenizer = load_reward_model(config.model)
-    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
-    return run_trainer(RewardTrainer, RewardConfig(**_common_args(config)), config, model, tokenizer, dataset)
+    return run_trainer(RewardTrainer, RewardConfig(**common_args(config)), config, model, tokenizer, dataset)
 
 
 def pair_accuracy(model, tokenizer, pairs: list[dict[str, Any]]) -> float:

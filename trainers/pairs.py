@@ -10,6 +10,11 @@ Pair schema (conversational, as TRL's DPOTrainer and RewardTrainer read it)::
     {"prompt": [messages before the first assistant turn],
      "chosen": [the rest of the better conversation], "rejected": [the rest of the worse one],
      "chosen_reward": float, "rejected_reward": float, "env_id": str, "chosen_id": str, "rejected_id": str}
+
+In a multi-turn episode ``chosen`` and ``rejected`` hold the environment's later turns too (user and tool
+messages), because the policy's later turns answered them. They are context, not targets: DPO's loss covers
+the assistant tokens only (``trainers/turn_masks.py``), while a reward model scores the whole conversation,
+environment turns included, since that is what it judges.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A cluster-wide cap on live sandboxes for Ray rollouts: one small actor hands out tickets.
 
-Each worker process installs a ``RayQuotaGate`` as its ``sandboxes.pool`` cluster gate: creating a sandbox
-takes a ticket, closing it gives the ticket back. A refused worker polls; while it waits, the others close
-their idle pooled sandboxes so tickets flow to where episodes need them. When a worker dies, the driver calls
+Each worker process installs a ``RayQuotaGate`` as its cluster gate (``cap.set_cluster_gate``): creating a
+sandbox takes a ticket, closing it gives the ticket back. A refused worker polls; while it waits, the others
+close their idle pooled sandboxes so tickets flow to where episodes need them. When a worker dies, the driver calls
 ``forget`` with its name: its sandboxes died with it (local) or are reaped by owner label (docker).
 """
 
@@ -58,7 +58,7 @@ class SandboxQuota:
 
 
 class RayQuotaGate:
-    """A ``sandboxes.pool.ClusterGate`` backed by a ``SandboxQuota`` actor (installed in each worker)."""
+    """A ``cap.ClusterGate`` backed by a ``SandboxQuota`` actor (installed in each worker)."""
 
     def __init__(self, quota: Any, holder: str, timeout_s: float = 30.0):
         self.quota, self.holder, self.timeout_s = quota, holder, timeout_s
