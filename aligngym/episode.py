@@ -196,12 +196,14 @@ class EnvPool:
         env = make(self.env_id, **self.env_kwargs)
         return getattr(env, "unwrapped", env)
 
-    def give_back(self, env: Any, ok: bool) -> None:
-        """Keep ``env`` for the next episode if its episode ``ok``-ly finished, else close it."""
+    async def give_back(self, env: Any, ok: bool) -> None:
+        """Keep ``env`` for the next episode if its episode ``ok``-ly finished, else close it (off the loop)."""
         if ok:
             self._free.append(env)
-        else:
-            _close(env)
+            return
+        with contextlib.suppress(Exception):
+            aclose = getattr(env, "aclose", None)
+            await aclose() if aclose else env.close()
 
     def close(self) -> None:
         """Close the spare envs."""
@@ -221,7 +223,7 @@ class EnvPool:
         try:
             group = await run_episode(env, policy, seed, env_id=self.env_id, episode=episode, on_turn=on_turn)
         finally:
-            self.give_back(env, bool(group) and not group[0].error)
+            await self.give_back(env, bool(group) and not group[0].error)
         return group
 
 

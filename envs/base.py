@@ -131,8 +131,15 @@ class TextEnv(gym.Env[str, str], abc.ABC):
         self.end_episode()
 
     def close(self) -> None:
-        self._end_now()  # an episode cut short still gives back what it held
+        if self._episode_open:
+            self._end_now()  # an episode cut short still gives back what it held
         super().close()
+
+    async def aclose(self) -> None:
+        """``close`` for async code: an open episode is ended without blocking the event loop."""
+        if self._episode_open:
+            await self._aend()
+        self.close()
 
     # -- gymnasium API: the sync forms -----------------------------------------------------------------
     # With an async hook they run the async core on a loop (run_sync). An env whose hooks are all sync takes

@@ -100,11 +100,11 @@ def test_an_env_must_implement_each_hook_in_one_form():
 def test_run_episode_records_an_env_error_and_the_pool_replaces_that_env():
     pool = EnvPool(ARITH)
     broken = _Counting(fail_on_turn=True)
-    pool.give_back(broken, ok=True)
+    asyncio.run(pool.give_back(broken, ok=True))
     assert pool.take() is broken
     [traj] = asyncio.run(run_episode(broken, ScriptedAgent(["hi"]), seed=0, env_id="x"))
     assert traj.error == "RuntimeError: env broke" and traj.turns == 0
-    pool.give_back(broken, ok=not traj.error)
+    asyncio.run(pool.give_back(broken, ok=not traj.error))
     assert pool.take() is not broken  # a failed episode's env is never reused
 
 

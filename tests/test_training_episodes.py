@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import math
 
 import gymnasium as gym
 import pytest
@@ -13,7 +14,8 @@ from aligngym.agents.local import SamplingConfig, chat_prompt_ids
 from aligngym.agents.tiny import load_model_and_tokenizer
 from aligngym.envs.base import StepResult, TextEnv
 from aligngym.envs.registry import make, register
-from aligngym.trainers.env_rollout import EnvRollout, _fill_failed, prompt_key
+from aligngym.trainers.env_rollout import EnvRollout, prompt_key
+from aligngym.trainers.policy_agent import TrainerPolicy
 
 TOOLS_TEMPLATE = (
     "{% if tools %}{{ '<|im_start|>system\nTools: ' }}"
@@ -99,9 +101,8 @@ def test_an_env_error_is_a_recorded_zero_advantage_sample(tiny, tmp_path):
     rows = [json.loads(line) for line in failed.read_text().splitlines()]
     assert [r["error"] for r in rows] == ["RuntimeError: the env broke on this seed"] * 2
     assert rollout.failed == 2
-    # its reward is its prompt group's mean, so its advantage is zero (no group here: 0)
-    assert _fill_failed(prompts + [prompts[0]], [1.0, float("nan"), 1.0, 0.0]) == [1.0, 0.0, 1.0, 0.0]
-    assert _fill_failed([prompts[0]] * 3, [1.0, float("nan"), 0.0]) == [1.0, 0.5, 0.0]
+    # NaN reward: TRL counts it unscorable (out of its group's baseline, zero advantage)
+    assert all(math.isnan(s.reward) for s in bad) and not any(math.isnan(s.reward) for s in slots if s.done)
 
 
 def test_tools_reach_the_chat_template_in_training(tiny):
@@ -115,3 +116,44 @@ def test_tools_reach_the_chat_template_in_training(tiny):
     with_tools = chat_prompt_ids(tok, prompts[0], tools=schemas)
     assert with_tools != chat_prompt_ids(tok, prompts[0])  # the template does render them
     assert slot.prompt_ids == with_tools
+
+
+def test_a_failing_generation_fails_the_episodes_instead_of_hanging(tiny):
+    _, tok = tiny
+    policy = TrainerPolicy(tok, lambda contexts: [])  # returns no reply at all: a broken backend
+
+    async def main():
+        seats = [policy.seat(), policy.seat()]
+        serving = asyncio.ensure_future(policy.serve())
+        results = await asyncio.gather(
+            *(seat.act([{"role": "user", "content": "hi"}]) for seat in seats), return_exceptions=True
+        )
+        for seat in seats:
+            seat.end()
+        with pytest.raises(RuntimeError, match="0 replies for 2 contexts"):
+            await serving
+        return results
+
+    results = asyncio.run(asyncio.wait_for(main(), 30))
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def test_a_seat_that_never_asks_does_not_stall_the_others(tiny, monkeypatch):
+    # A seat whose episode waits for a sandbox that the waiting seats hold would block every round.
+    from aligngym.agents.base import AgentResponse
+    from aligngym.trainers import policy_agent
+
+    monkeypatch.setattr(policy_agent, "PATIENCE_S", 0.2)
+    _, tok = tiny
+    policy = TrainerPolicy(tok, lambda contexts: [AgentResponse("x", token_ids=[5]) for _ in contexts])
+
+    async def main():
+        asking, stuck = policy.seat(), policy.seat()
+        serving = asyncio.ensure_future(policy.serve())
+        reply = await asking.act([{"role": "user", "content": "hi"}])
+        asking.end()
+        stuck.end()
+        await serving
+        return reply
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)).text == "x"

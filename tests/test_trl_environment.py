@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 
 import pytest
 from transformers.utils import get_json_schema
@@ -118,7 +119,7 @@ def test_an_env_error_is_the_tools_reply_not_a_crash_in_trl():
         env = as_trl_environment("aligngym-test/Breaks-v0")()
         assert env.reset(seed=0) == "say anything"
         assert env.respond(message="hi") == "The environment failed: RuntimeError: the grader crashed"
-        assert env.get_reward() == 0.0 and env.done
+        assert math.isnan(env.get_reward()) and env.done  # unscorable for TRL: zero advantage, never a prize
         assert (
             env._episode.trajectory.error == "RuntimeError: the grader crashed"
         )  # recorded as rollout would

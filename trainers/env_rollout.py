@@ -5,7 +5,7 @@ environment it came from, all of them at once through ``run_episode`` (the drive
 with the trained policy as their agent (``TrainerPolicy``: one batched generation per round, tools in the chat
 template). Each sample is built from the exact token ids the policy sampled (``trainers/tokens.py``), and the
 tokens the environment wrote get ``env_mask = 0`` so they are not trained on. An episode that fails (the env
-raised) is recorded and becomes a zero-advantage sample instead of crashing the training step.
+raised) is recorded and becomes an unscorable, zero-advantage sample instead of crashing the training step.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ class Slot:
 
     @property
     def reward(self) -> float:
-        """The episode's reward for this seat; NaN when the episode failed (it carries no signal)."""
-        return math.nan if self.trajectory.error else self.trajectory.reward
+        """The episode's reward for this seat; NaN when it failed or has no tokens (nothing to train on)."""
+        return self.trajectory.reward if self.done else math.nan
 
     @property
     def components(self) -> dict[str, float]:
@@ -66,8 +66,8 @@ class Slot:
 
     @property
     def done(self) -> bool:
-        """The episode finished without error."""
-        return not self.trajectory.error
+        """The episode finished without error and its turns' tokens are known."""
+        return not self.trajectory.error and bool(self.trajectory.tokens)
 
 
 @dataclass
@@ -160,7 +160,7 @@ class EnvRollout:
             finally:
                 for seat in seats.values() if isinstance(seats, dict) else [seats]:
                     seat.end()
-                self.envs.give_back(env, bool(group) and not group[0].error)
+                await self.envs.give_back(env, bool(group) and not group[0].error)
             return group
 
         serving = asyncio.ensure_future(policy.serve())
@@ -173,7 +173,7 @@ class EnvRollout:
     def _slot(self, seat: str | None, trajectory: Trajectory, tokenizer) -> Slot:
         if trajectory.error or not trajectory.tokens:
             self._record_failure(trajectory)
-            # Zero advantage: nothing is trained on (mask 0), and __call__ gives it its group's mean reward.
+            # Zero advantage: nothing is trained on (mask 0), and its reward is NaN (see __call__).
             eos = [tokenizer.eos_token_id]
             return Slot(seat, trajectory, [tokenizer.eos_token_id], eos, [0], [0.0])
         sample = trajectory_sample(trajectory, tokenizer)
@@ -197,7 +197,9 @@ class EnvRollout:
             slots = self.play(model, trainer.processing_class, prompts, generate, ranks_live(trainer))
         finally:
             model.train(was_training)
-        rewards = _fill_failed(prompts, [s.reward for s in slots])
+        # A failed episode's reward and components are NaN: TRL then counts the sample as unscorable, leaves
+        # it out of its group's baseline and gives it zero advantage (GRPOTrainer, "unscorable_mask").
+        rewards = [s.reward for s in slots]
         out: dict[str, list] = {
             "prompt_ids": [s.prompt_ids for s in slots],
             "completion_ids": [s.completion_ids for s in slots],
@@ -206,20 +208,7 @@ class EnvRollout:
             "env_reward": rewards,
         }
         for name in self.component_names:
-            out[f"component_{name}"] = [float(s.components.get(name, math.nan)) for s in slots]
+            out[f"component_{name}"] = [
+                float(s.components.get(name, math.nan)) if s.done else math.nan for s in slots
+            ]
         return out
-
-
-def _fill_failed(prompts: list[list[dict]], rewards: list[float]) -> list[float]:
-    """A failed episode's reward (NaN) becomes the mean of its prompt's other rewards: a zero advantage."""
-    groups: dict[str, list[float]] = {}
-    for prompt, reward in zip(prompts, rewards, strict=True):
-        if not math.isnan(reward):
-            groups.setdefault(prompt_key(prompt), []).append(reward)
-    filled = []
-    for prompt, reward in zip(prompts, rewards, strict=True):
-        if math.isnan(reward):
-            others = groups.get(prompt_key(prompt), [])
-            reward = sum(others) / len(others) if others else 0.0
-        filled.append(reward)
-    return filled

@@ -22,6 +22,9 @@ from aligngym.agents.local import chat_prompt_ids
 from .generation import Generate
 from .tokens import env_suffix_ids
 
+#: Seconds without any seat moving after which a round serves the seats that wait (see ``serve``).
+PATIENCE_S = 1.0
+
 
 class TrainerPolicy:
     """Batches the turns of many episodes into one generation call per round (see the module docstring)."""
@@ -35,6 +38,8 @@ class TrainerPolicy:
         self._open: set[PolicySeat] = set()
         self._waiting: dict[PolicySeat, tuple[list[int], asyncio.Future]] = {}
         self._changed: asyncio.Event | None = None
+        self._broken: BaseException | None = None
+        self._inflight: list[tuple[list[int], asyncio.Future]] = []  # the round being generated
         self.rounds = 0
 
     def seat(self) -> PolicySeat:
@@ -49,6 +54,8 @@ class TrainerPolicy:
         return self._changed
 
     async def _ask(self, seat: PolicySeat, context: list[int]) -> AgentResponse:
+        if self._broken is not None:
+            raise RuntimeError(f"generation failed earlier in this batch: {self._broken}")
         future = asyncio.get_running_loop().create_future()
         self._waiting[seat] = (context, future)
         self._event().set()
@@ -56,32 +63,55 @@ class TrainerPolicy:
 
     def _end(self, seat: PolicySeat) -> None:
         self._open.discard(seat)
+        self._waiting.pop(seat, None)
         self._event().set()
 
     async def serve(self) -> None:
-        """Generate rounds until no seat here or on any other rank is open (run beside the episodes)."""
+        """Generate rounds until no seat here or on any other rank is open (run beside the episodes).
+
+        A round starts when every open seat waits, or when some wait and nothing has moved for
+        ``PATIENCE_S``: a seat whose episode waits for a sandbox that waiting seats hold would otherwise
+        wait forever. If a round fails (generation, or the collective with other ranks), every waiting
+        episode fails with the error and so does every later turn.
+        """
+        try:
+            await self._serve()
+        except BaseException as exc:
+            self._broken = exc
+            for _, future in [*self._waiting.values(), *self._inflight]:
+                if not future.done():
+                    future.set_exception(exc)
+            self._waiting.clear()
+            raise
+
+    async def _serve(self) -> None:
         changed = self._event()
         while True:
             while len(self._waiting) < len(self._open):  # a seat is still in its env step: wait for it
                 changed.clear()
-                await changed.wait()
+                try:
+                    await asyncio.wait_for(changed.wait(), PATIENCE_S)
+                except TimeoutError:
+                    if self._waiting:
+                        break  # stuck (see above): serve those who wait
             batch = list(self._waiting.items())
+            self._waiting.clear()
+            self._inflight = [entry for _, entry in batch]
             if not self._live_anywhere(bool(batch)):
                 return
             self.rounds += 1
+            # Generation runs on this thread, as TRL's own does: every open seat waits for it anyway, and a
+            # worker thread per batch costs more than it saves.
             if not batch:  # this rank is done but another generates: keep the collective call count equal
-                await asyncio.to_thread(self._generate, [[self.tokenizer.eos_token_id]])
+                self._generate([[self.tokenizer.eos_token_id]])
                 continue
-            self._waiting.clear()
-            try:
-                replies = await asyncio.to_thread(self._generate, [context for _, (context, _) in batch])
-            except Exception as exc:  # every waiting episode fails with it, as a model error would
-                for _, (_, future) in batch:
-                    future.set_exception(exc)
-                continue
+            replies = self._generate([context for _, (context, _) in batch])
+            if len(replies) != len(batch):
+                raise RuntimeError(f"generation returned {len(replies)} replies for {len(batch)} contexts")
             for (_, (context, future)), reply in zip(batch, replies, strict=True):
-                reply.prompt_ids = list(context)
-                future.set_result(reply)
+                if not future.done():  # its episode may have been cancelled meanwhile
+                    reply.prompt_ids = list(context)
+                    future.set_result(reply)
 
 
 class PolicySeat:

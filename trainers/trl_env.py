@@ -14,6 +14,7 @@ import concurrent.futures
 import inspect
 import itertools
 import json
+import math
 import threading
 from typing import Any
 
@@ -52,7 +53,7 @@ class _EnvironmentBase:
         return None if row.get("prompt") else first
 
     def get_reward(self) -> float:
-        """The episode's reward so far (sum of the environment's rewards; 0 for a failed episode)."""
+        """The episode's reward so far (sum of the environment's rewards; NaN for a failed episode)."""
         return 0.0 if self._episode is None else self._episode.reward()
 
     def _step(self, action: str | dict[str, Any]) -> str:
@@ -131,7 +132,9 @@ class _Bridge:
 
     def reward(self) -> float:
         if self.trajectory is not None:
-            return 0.0 if self.trajectory.error else float(self.trajectory.reward)
+            # NaN: TRL counts a sample whose every reward is NaN as unscorable (zero advantage). A 0 could beat
+            # an honest attempt's negative reward, and a policy would learn to break the env.
+            return math.nan if self.trajectory.error else float(self.trajectory.reward)
         return float(getattr(self._env, "episode_reward", 0.0))
 
     def abandon(self) -> None:
