@@ -32,6 +32,7 @@ def base_site(commit: str) -> Path:
         return site
     tree = CACHE / f"{sha[:12]}-tree"
     if not tree.exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=True)  # a tree deleted by hand
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), sha], check=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(tree)],
