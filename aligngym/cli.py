@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     ro.add_argument("--api-key", default="EMPTY", help="API key for --base-url (default EMPTY)")
     ro.add_argument("--no-progress", action="store_true", help="no progress bar")
     ro.add_argument(
+        "--return-tokens",
+        action="store_true",
+        help="ask the --base-url server (vLLM) for the sampled token ids and logprobs; stored per turn",
+    )
+    ro.add_argument(
         "--fail-fast",
         type=int,
         default=FAIL_FAST_EPISODES,
@@ -179,7 +184,7 @@ async def _rollout_on_ray(
     def spec(model: str) -> dict[str, Any]:
         out: dict[str, Any] = {"model": model, "temperature": args.temperature, "max_tokens": args.max_tokens}
         if args.base_url:
-            out.update(base_url=args.base_url, api_key=args.api_key)
+            out.update(base_url=args.base_url, api_key=args.api_key, return_tokens=args.return_tokens)
         return out
 
     agent_spec = (
@@ -261,7 +266,7 @@ async def _rollout(args: argparse.Namespace) -> int:
     _check_out(args, env_kwargs)
     _check_env(args.env_id, env_kwargs, args.seed)
     seat_models = _seat_models(args.env_id, env_kwargs, args.model)
-    extra = {"api_key": args.api_key} if args.base_url else {}
+    extra = {"api_key": args.api_key, "return_tokens": args.return_tokens} if args.base_url else {}
     built: dict[str, Any] = {}
     try:
         for name in dict.fromkeys(seat_models.values() if seat_models else args.model):

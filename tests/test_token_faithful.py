@@ -13,6 +13,7 @@ import json
 
 import pytest
 import torch
+from _helpers import run_cli
 
 from aligngym.agents.base import AgentResponse
 from aligngym.agents.local import SamplingConfig, TransformersAgent, fit_prompt_ids
@@ -20,7 +21,7 @@ from aligngym.agents.openai_agent import OpenAIAgent
 from aligngym.agents.server import ScriptedChatServer
 from aligngym.agents.tiny import build_tiny_tokenizer, load_model_and_tokenizer
 from aligngym.trainers.tokens import env_suffix_ids, sample_from_turns, trajectory_sample
-from aligngym.trajectory import Trajectory
+from aligngym.trajectory import Trajectory, read_trajectories
 
 # ChatML that drops the reasoning of assistant turns before the last user message (as Qwen3's template does).
 THINK_TEMPLATE = (
@@ -231,3 +232,20 @@ def _runs_of_ones(mask: list[int]) -> list[tuple[int, int]]:
             runs.append((start, i))
             start = None
     return runs
+
+
+def test_cli_rollout_stores_the_servers_token_ids_with_return_tokens(tmp_path):
+    tok = build_tiny_tokenizer()
+    with ScriptedChatServer(["4"], tokenizer=tok).run_in_thread() as srv:
+        out = tmp_path / "r.jsonl"
+        args = ["rollout", "aligngym/Arithmetic-v0", "--model", "m", "--base-url", srv.base_url]
+        result = run_cli(*args, "--episodes", 2, "--return-tokens", "--out", out, "--no-progress")
+        assert result.returncode == 0, result.stderr[-2000:]
+        plain = tmp_path / "plain.jsonl"
+        assert run_cli(*args, "--episodes", 1, "--out", plain, "--no-progress").returncode == 0
+    rows = read_trajectories(out)
+    for row in rows:
+        (turn,) = row["tokens"]
+        assert turn["completion_ids"] == tok("4", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert tok.decode(turn["prompt_ids"]).startswith("<|im_start|>user")
+    assert "tokens" not in read_trajectories(plain)[0]  # not asked for: nothing stored
