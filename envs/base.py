@@ -86,13 +86,13 @@ class TextEnv(gym.Env[str, str], abc.ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._async_hooks = frozenset(n for n in _ASYNC_HOOKS if getattr(cls, n) is not getattr(TextEnv, n))
+        cls._async_hooks = frozenset(a for s, a in _HOOKS if _written(cls, s, a) == a)
 
     def __init__(self, max_turns: int = 1, system_prompt: str | None = None, render_mode: str | None = None):
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
-        for sync, async_ in (("new_episode", "anew_episode"), ("turn", "aturn")):
-            if not any(getattr(type(self), n) is not getattr(TextEnv, n) for n in (sync, async_)):
+        for sync, async_ in _HOOKS[:2]:  # an episode may hold nothing: end_episode is optional
+            if _written(type(self), sync, async_) is None:
                 raise TypeError(f"{type(self).__name__} must implement {sync} or {async_}")
         self.max_turns = max_turns
         self.system_prompt = system_prompt
@@ -109,7 +109,7 @@ class TextEnv(gym.Env[str, str], abc.ABC):
     # -- to implement: each hook in its sync or its async form ------------------------------------------
     def new_episode(self, options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
         """Choose this episode's task (using ``self.np_random``) and return the first user message and info."""
-        raise NotImplementedError
+        return run_sync(self.anew_episode(options))  # the sync form of an env that writes the async one
 
     async def anew_episode(self, options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
         """Async ``new_episode``, for environments that wait to set an episode up (e.g. for a sandbox)."""
@@ -117,7 +117,7 @@ class TextEnv(gym.Env[str, str], abc.ABC):
 
     def turn(self, action: str) -> StepResult:
         """Score one assistant message; return the next observation, reward and whether the task is done."""
-        raise NotImplementedError
+        return run_sync(self.aturn(action))  # the sync form of an env that writes the async one
 
     async def aturn(self, action: str) -> StepResult:
         """Async ``turn``; environments that block (sandboxes, servers) write this one."""
@@ -263,7 +263,21 @@ def rng_choice_index(rng: np.random.Generator, n: int) -> int:
     return int(rng.integers(0, n))
 
 
-_ASYNC_HOOKS = ("anew_episode", "aturn", "aend_episode")
+#: Each hook's (sync, async) forms; an env writes one of them.
+_HOOKS = (("new_episode", "anew_episode"), ("turn", "aturn"), ("end_episode", "aend_episode"))
+
+
+def _written(cls: type, sync: str, async_: str) -> str | None:
+    """Which form of a hook ``cls`` uses: the one written lowest in its MRO (a subclass's sync ``turn``
+    overrides an ancestor's ``aturn``), or None when only ``TextEnv``'s defaults are there."""
+    for klass in cls.__mro__:
+        if klass is TextEnv:
+            return None
+        if async_ in vars(klass):
+            return async_
+        if sync in vars(klass):
+            return sync
+    return None
 
 
 def finish_now(coro: Coroutine[Any, Any, T]) -> T:
@@ -285,8 +299,3 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     # A sync step() called from inside a running loop cannot block that loop's thread on itself.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coro).result()
-
-
-async def run_blocking(fn, *args):
-    """Run a blocking call in a worker thread (used by ``aturn`` of environments that wait on processes)."""
-    return await asyncio.to_thread(fn, *args)

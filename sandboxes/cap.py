@@ -215,20 +215,6 @@ def acquire_slot(timeout: float = 300.0) -> Slot:
         GATE.evict_idle()
 
 
-async def aacquire_slot(timeout: float = 300.0) -> Slot:
-    """Async ``acquire_slot``: awaits (never blocks the loop); cancelling it never leaks a slot."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with GATE.lock:
-            if (slot := GATE.take()) is not None:
-                return slot
-            woken = None if GATE.any_idle() else GATE.future()
-        if woken is None:
-            await asyncio.to_thread(GATE.evict_idle)
-        elif not await GATE.await_wake(woken, deadline):
-            raise GATE.full_error(timeout)
-
-
 def try_acquire_slot() -> Slot | None:
     """A slot if one is free right now (never waits, never evicts), else None."""
     with GATE.lock:

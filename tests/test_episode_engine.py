@@ -152,3 +152,21 @@ def test_the_async_core_runs_hooks_on_the_loop_thread():
 
     asyncio.run(main())
     assert [running for _, running in env.calls] == [True, True, True]
+
+
+def test_a_subclass_sync_hook_overrides_its_ancestors_async_one():
+    class Sync(_Waiting):
+        def turn(self, action: str) -> StepResult:
+            return StepResult("", 7.0, True)
+
+    env = Sync()
+    env.reset(seed=0)
+    assert env.step("go")[1] == 7.0  # the subclass's turn, not _Waiting's aturn
+    env.reset(seed=1)
+    assert asyncio.run(env.astep("go"))[1] == 7.0  # the async core picks the same one
+
+
+def test_the_sync_form_of_an_async_hook_runs_it():
+    env = _Waiting()
+    env.reset(seed=0)
+    assert env.turn("go").reward == 1.0 and env.new_episode(None) == ("go", {})
