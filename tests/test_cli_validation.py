@@ -250,7 +250,7 @@ def test_gym_make_on_a_multi_agent_id_points_to_aligngym_make():
 
 
 def test_train_reports_only_the_files_it_wrote(tmp_path):
-    from aligngym.cli import _written
+    from aligngym.cli.train import _written
 
     (tmp_path / "metrics.jsonl").write_text("{}\n")
     (tmp_path / "loss_curve.png").write_bytes(b"png")

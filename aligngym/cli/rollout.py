@@ -1,33 +1,20 @@
-"""The ``aligngym`` command: list environments, run rollouts, train.
-
-Every user error (unknown env id, bad JSON, bad YAML, unreachable server) is one line on stderr and exit
-code 2; a crash in our own code keeps its traceback.
-"""
+"""``aligngym rollout``: run an agent in an environment and write trajectories as JSONL."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
-from collections.abc import Sequence
 from typing import Any
 
-EXIT_USAGE = 2
+from .common import UsageError, check_env, json_object
+
 #: A run stops when its first this-many episodes all fail with the same error: a broken setup, not bad luck.
 FAIL_FAST_EPISODES = 3
 
 
-class UsageError(Exception):
-    """A mistake in what the user asked for; printed as one line, exit code 2."""
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aligngym", description="Every alignment signal is an environment.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    sub.add_parser("envs", help="list registered environment ids")
-
+def add_parser(sub) -> None:
+    """Add ``rollout`` to the subcommands."""
     ro = sub.add_parser("rollout", help="run an agent in an environment and write trajectories as JSONL")
     ro.add_argument("env_id", metavar="ENV_ID", help="registered id, e.g. aligngym/CodeExec-v0")
     ro.add_argument(
@@ -80,64 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="most sandboxes live at once: across all --workers (cluster-wide), else in this process",
     )
-
-    pa = sub.add_parser("pairs", help="build DPO preference pairs from trajectories")
-    pa.add_argument("trajectories", metavar="TRAJ.jsonl", help="output of `aligngym rollout`")
-    pa.add_argument("--out", required=True, help="pairs JSONL (prompt, chosen, rejected, rewards)")
-    pa.add_argument("--min-margin", type=float, default=0.1, help="least reward gap (default 0.1)")
-    pa.add_argument("--max-pairs-per-prompt", type=int, default=4, help="most pairs per prompt (default 4)")
-
-    sx = sub.add_parser("sandbox", help="sandbox backends: build the docker image")
-    sx_sub = sx.add_subparsers(dest="sandbox_command", required=True, metavar="SUBCOMMAND")
-    bu = sx_sub.add_parser("build", help="build the docker sandbox image here (debootstrap, no registry)")
-    bu.add_argument("--python", default="3.11", help="3.11 (Debian bookworm) or 3.13 (trixie); default 3.11")
-    bu.add_argument("--packages", default="", help="comma-separated pip packages (wheels), e.g. numpy,sympy")
-    bu.add_argument("--tag", default="aligngym-sandbox:latest", help="image tag (default %(default)s)")
-    bu.add_argument("--rebuild", action="store_true", help="build even when the image is up to date")
-
-    from aligngym.trainers.config import help_text
-
-    tr = sub.add_parser(
-        "train",
-        help="train a policy from environment rewards (TRL)",
-        description="Train from a YAML config whose keys are listed below (unknown keys are an error).",
-        epilog=f"config keys, grouped by the methods that read them:\n\n{help_text()}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    tr.add_argument("config", metavar="CONFIG.yaml", help="training config (see examples/quickstart.yaml)")
-    tr.add_argument("--output-dir", help="overrides output_dir of the config")
-    return parser
-
-
-def _cmd_envs(_: argparse.Namespace) -> int:
-    from aligngym.envs import registered
-
-    entries = registered()
-    width = max((len(i) for i in entries), default=0)
-    for env_id, entry in entries.items():
-        kind = "multi-agent" if entry.multi_agent else "single-agent"
-        print(f"{env_id:<{width}}  {kind:<12}  {entry.description}")
-    return 0
-
-
-def _json_object(text: str, flag: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{flag} is not valid JSON ({exc.msg} at char {exc.pos}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"{flag} must be a JSON object like '{{\"max_turns\": 3}}', got {text!r}")
-    return value
-
-
-def _check_env(env_id: str, env_kwargs: dict[str, Any], seed: int = 0) -> None:
-    from aligngym.env_check import EnvArgsError, check_env
-    from aligngym.envs.registry import UnknownEnvError
-
-    try:
-        check_env(env_id, env_kwargs, seed)
-    except (UnknownEnvError, EnvArgsError) as exc:
-        raise UsageError(str(exc)) from None
+    ro.set_defaults(run=lambda args: asyncio.run(_rollout(args)))
 
 
 def _check_out(args: argparse.Namespace, env_kwargs: dict[str, Any]) -> None:
@@ -254,7 +184,7 @@ async def _rollout(args: argparse.Namespace) -> int:
     from aligngym.agents.factory import build_agent
     from aligngym.rollout import RolloutAborted, rollout
 
-    env_kwargs = _json_object(args.env_kwargs, "--env-kwargs")
+    env_kwargs = json_object(args.env_kwargs, "--env-kwargs")
     if args.episodes < 0 or args.concurrency < 1 or args.fail_fast < 0:
         raise UsageError("--episodes and --fail-fast must be >= 0 and --concurrency >= 1")
     if args.max_sandboxes is not None and args.max_sandboxes < 1:
@@ -264,7 +194,7 @@ async def _rollout(args: argparse.Namespace) -> int:
 
         set_max_sandboxes(args.max_sandboxes)
     _check_out(args, env_kwargs)
-    _check_env(args.env_id, env_kwargs, args.seed)
+    check_env(args.env_id, env_kwargs, args.seed)
     seat_models = _seat_models(args.env_id, env_kwargs, args.model)
     extra = {"api_key": args.api_key, "return_tokens": args.return_tokens} if args.base_url else {}
     built: dict[str, Any] = {}
@@ -314,118 +244,3 @@ async def _rollout(args: argparse.Namespace) -> int:
         + ")"
     )
     return 0
-
-
-def _leave_process_group() -> bool:
-    """Meet the other processes of a torchrun/accelerate launch and tear the group down; True on the main one."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return True
-    rank, size = dist.get_rank(), dist.get_world_size()
-    # Without this, a process that exits while gloo's threads still run aborts ("terminate called
-    # without an active exception") and the launcher then kills the others mid-write.
-    dist.barrier()
-    dist.destroy_process_group()
-    if rank != 0:
-        print(f"process {rank} of {size} finished; the main process writes the files")
-    return rank == 0
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from aligngym.envs.registry import UnknownEnvError, spec
-    from aligngym.trainers.config import ConfigError, load_config
-    from aligngym.trainers.logging import quarter_means, read_metrics
-
-    try:
-        config = load_config(args.config, output_dir=args.output_dir)
-        spec(config.env)
-        _check_env(config.env, config.env_kwargs)
-    except (ConfigError, UnknownEnvError) as exc:
-        raise UsageError(str(exc)) from None
-    from aligngym.trainers.run import train
-
-    try:
-        train(config)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    if not _leave_process_group():
-        return 0  # another process of a multi-process launch: the main one reports
-    rows = [r for r in read_metrics(config.output_dir) if r.get("reward") is not None]
-    if len(rows) >= 4:
-        first, last = quarter_means(rows)
-        print(f"mean reward: first quarter {first:.4f} -> last quarter {last:.4f}")
-    print(f"{', '.join(_written(config.output_dir))} written to {config.output_dir}")
-    return 0
-
-
-def _written(output_dir: str) -> list[str]:
-    """The artifacts a training run left in ``output_dir``, as the user would name them."""
-    from pathlib import Path
-
-    from aligngym.trainers.logging import METRICS_FILE
-
-    out = Path(output_dir)
-    names = [METRICS_FILE] if (out / METRICS_FILE).exists() else []
-    names += sorted(p.name for p in out.glob("*.png"))
-    return names + (["model"] if (out / "model").is_dir() else []) or ["nothing"]
-
-
-def _cmd_pairs(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from aligngym.trainers.pairs import PairConfig, build_pairs, write_jsonl
-    from aligngym.trajectory import TrajectoryFileError, read_trajectories
-
-    if not Path(args.trajectories).exists():
-        raise UsageError(f"trajectory file {args.trajectories!r} not found")
-    try:
-        rows = read_trajectories(args.trajectories)
-    except TrajectoryFileError as exc:
-        raise UsageError(str(exc)) from None
-    if not rows and Path(args.trajectories).stat().st_size:
-        raise UsageError(
-            f"{args.trajectories!r} holds no trajectory rows; is it the output of `aligngym rollout`?"
-        )
-    pairs = build_pairs(
-        rows, PairConfig(min_margin=args.min_margin, max_pairs_per_prompt=args.max_pairs_per_prompt)
-    )
-    n = write_jsonl(pairs, args.out)
-    print(f"wrote {n} pairs from {len(rows)} trajectories to {args.out}")
-    return 0
-
-
-def _cmd_sandbox_build(args: argparse.Namespace) -> int:
-    from aligngym.sandboxes import SandboxError, build_image
-
-    packages = [p.strip() for p in args.packages.split(",") if p.strip()]
-    try:
-        build_image(args.tag, python=args.python, packages=packages, rebuild=args.rebuild)
-    except (SandboxError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``aligngym`` command."""
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "envs":
-            return _cmd_envs(args)
-        if args.command == "rollout":
-            return asyncio.run(_rollout(args))
-        if args.command == "pairs":
-            return _cmd_pairs(args)
-        if args.command == "sandbox":
-            return _cmd_sandbox_build(args)
-        return _cmd_train(args)
-    except UsageError as exc:
-        print(f"aligngym: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("aligngym: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
