@@ -77,7 +77,7 @@ async def _single_agent(
             )
     except Exception as exc:
         traj.error = _describe(exc)
-    _finish(traj, info, time.perf_counter() - start)
+    _finish(traj, info, time.perf_counter() - start, getattr(env, "success_component", None))
     return traj
 
 
@@ -134,7 +134,7 @@ async def _multi_agent(
     duration = time.perf_counter() - start
     for seat, traj in trajs.items():
         traj.error = error
-        _finish(traj, infos.get(seat, {}), duration)
+        _finish(traj, infos.get(seat, {}), duration, getattr(env, "success_component", None))
     return list(trajs.values())
 
 
@@ -160,9 +160,11 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()
 
 
-def _finish(traj: Trajectory, info: dict[str, Any], duration: float) -> None:
+def _finish(traj: Trajectory, info: dict[str, Any], duration: float, success_component: str | None) -> None:
     traj.reward = sum(traj.rewards)
     traj.reward_components = dict(info.get("reward_components", {}))
+    if success_component is not None and traj.error is None:
+        traj.success = traj.reward_components.get(success_component, 0.0) >= 1.0
     traj.info = {k: v for k, v in info.items() if k not in ("messages", "reward_components")}
     traj.duration_s = duration
 

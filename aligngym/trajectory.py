@@ -37,6 +37,9 @@ class Trajectory:
     num_agents: int = 1
     #: The env arguments of the run that wrote the row, so ``--resume`` can refuse a different run.
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Whether the episode achieved its task: the env's ``success_component`` reached 1 at the end. ``None``
+    #: when the env has no notion of success or the episode failed with an error.
+    success: bool | None = None
     #: Per assistant turn whose backend said them, the exact tokens: ``{"turn", "prompt_ids",
     #: "completion_ids", "logprobs"}`` (``turn`` 0-based; an unknown list is null). Absent from the row if none.
     tokens: list[dict[str, Any]] | None = None

@@ -31,6 +31,7 @@ class ArithmeticEnv(TextEnv):
     ``correct`` part only if it was not already earned.
     """
 
+    success_component = "correct"
     description = "Seeded integer arithmetic with a verifiable answer (correct + format components)."
 
     def __init__(

@@ -76,6 +76,9 @@ class TextEnv(gym.Env[str, str], abc.ABC):
     metadata = {"render_modes": ["ansi"]}
     #: Human-readable one-liner shown by ``aligngym envs``.
     description: str = ""
+    #: The reward component that is >= 1 exactly when an episode achieved its task (``aligngym eval``'s pass@k,
+    #: greedy accuracy and ``Trajectory.success`` read it); ``None``: the env has no notion of success.
+    success_component: str | None = None
     #: OpenAI-format tool schemas the rollout sends with each request (tool-using environments set it).
     tool_schemas: list[dict[str, Any]] | None = None
     #: Whether ``turn`` receives assistant messages as dicts (with ``tool_calls``) instead of their text.

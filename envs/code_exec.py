@@ -53,6 +53,7 @@ class CodeExecEnv(TextEnv):
     which the caller keeps, closes and is responsible for cleaning between episodes.
     """
 
+    success_component = "all_passed"
     description = "Write a Python function; reward = fraction of unit tests passed in a sandbox (self-debug)."
 
     def __init__(

@@ -117,6 +117,7 @@ class DebateEnv(MultiAgentTextEnv):
     ``"questions"`` (shipped questions with gold answers), a list of rows or a JSONL path.
     """
 
+    success_component = "correct"
     description = "Multi-agent debate (Du et al. 2023): answer, read the others, revise; majority vote."
 
     def __init__(

@@ -198,6 +198,7 @@ class JudgedDebateEnv(MultiAgentTextEnv):
     ``{"assignment": k}``, the answer index debater_0 defends.
     """
 
+    success_component = "won"
     description = "Judged debate (Irving 2018; Khan 2024): quote a hidden passage; a judge picks the answer."
 
     def __init__(

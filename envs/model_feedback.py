@@ -276,6 +276,7 @@ class VerifierEnv(FeedbackEnv):
     Component: ``correct``.
     """
 
+    success_component = "correct"
     description = "Seeded maths problems with gold answers; binary reward from a math-equivalence verifier."
     component = "correct"
 

@@ -36,6 +36,9 @@ class MultiAgentTextEnv(ParallelEnv, abc.ABC):
     metadata = {"name": "aligngym_multi_agent", "render_modes": ["ansi"], "is_parallelizable": True}
     #: Human-readable one-liner shown by ``aligngym envs``.
     description: str = ""
+    #: The reward component that is >= 1 exactly when an episode achieved its task (``aligngym eval``'s pass@k,
+    #: greedy accuracy and ``Trajectory.success`` read it); ``None``: the env has no notion of success.
+    success_component: str | None = None
 
     def __init__(self, agent_ids: list[str], max_rounds: int, render_mode: str | None = None):
         if len(set(agent_ids)) != len(agent_ids) or not agent_ids:

@@ -211,6 +211,7 @@ class TerminalEnv(TextEnv):
     ``reset(options={"task_id": ...})`` picks a task by id, else the seeded ``np_random`` picks one.
     """
 
+    success_component = "success"
     description = (
         "Reach a goal with shell commands in a sandbox (files, text, git, fix a test); hidden check."
     )

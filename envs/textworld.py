@@ -328,6 +328,7 @@ def level_name(level: str | int) -> str:
 class TextWorldEnv(TextEnv):
     """Explore rooms, open (and unlock) doors and containers, and reach a goal; sparse success reward."""
 
+    success_component = "success"
     description = "Embodied text world (BabyAI-Text style): rooms, locked doors and containers, keys, a goal."
 
     def __init__(

@@ -107,6 +107,7 @@ class ToolUseEnv(TextEnv):
     ``answer + 0.1 * format - 0.05 * min(tool_errors, 4)``.
     """
 
+    success_component = "answer"
     description = (
         "Answer questions with tools (search, lookup, sql, calculator, python); native or text calls."
     )
