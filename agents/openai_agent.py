@@ -10,6 +10,7 @@ import openai
 
 from aligngym.agents.base import AgentError, AgentResponse, Message
 from aligngym.agents.client_limits import DEFAULT_MAX_REPLY_BYTES, ReplyTooLarge, limited_http_client
+from aligngym.agents.seeding import request_seed
 
 # The client's first backoff delay (openai._constants.INITIAL_RETRY_DELAY); our scale is relative to it.
 _CLIENT_INITIAL_RETRY_DELAY = 0.5
@@ -146,6 +147,9 @@ class OpenAIAgent:
             kwargs["max_tokens"] = self.max_tokens
         if self.logprobs:
             kwargs["logprobs"] = True
+        seed = request_seed()  # the episode engine's per-request seed (rollout --sampling-seed)
+        if seed is not None:
+            kwargs["seed"] = seed
         if tools:
             kwargs["tools"] = tools
         if self.extra_body:

@@ -25,19 +25,62 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 TINY_NAME = "tiny"
 SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|im_start|>", "<|im_end|>"]
+#: One pre-token per character. Not ``.``, which leaves newlines out, so a blank line ("\n\n") became one unknown token.
+CHARACTER = r"[\s\S]"
+# Tools the Qwen/Hermes way: a system block of their JSON schemas; calls as the <tool_call> text that
+# envs/tool_calls.py reads (exactly json.dumps' spacing); results as `tool` turns. JSON is written with
+# ensure_ascii and no blank lines, so every character is one token of the vocabulary (the tokenizer reads a run
+# of newlines as one unknown token). Without tools the block is empty.
+_CALL_FORMAT = '<tool_call>{"name": <function-name>, "arguments": <args-json-object>}</tool_call>'
+_TOOLS_BLOCK = (
+    "{% if tools %}"
+    "{{ '<|im_start|>system\n# Tools\nYou may call one or more of these functions:\n<tools>' }}"
+    "{% for tool in tools %}{{ '\n' + (tool | tojson(ensure_ascii=true)) }}{% endfor %}"
+    "{{ '\n</tools>\nTo call one, reply with " + _CALL_FORMAT + ".<|im_end|>\n' }}"
+    "{% endif %}"
+)
+# An assistant message's calls, OpenAI-style ({"function": {...}}) or flat; arguments as a dict or JSON text.
+_TOOL_CALLS = (
+    "{% for call in message['tool_calls'] or [] %}"
+    "{% set fn = call['function'] or call %}"
+    "{{ '<tool_call>{\"name\": ' + (fn['name'] | tojson(ensure_ascii=true)) + ', \"arguments\": ' }}"
+    "{% if fn['arguments'] is string %}{{ fn['arguments'] }}"
+    "{% else %}{{ (fn['arguments'] or {}) | tojson(ensure_ascii=true) }}{% endif %}"
+    "{{ '}</tool_call>' }}"
+    "{% endfor %}"
+)
 # ChatML, the format most open chat models use, so the tiny model looks like one to every code path.
-# The generation markers let TRL's SFT train on assistant turns only (assistant_only_loss).
+# The generation markers let TRL's SFT train on assistant turns only (assistant_only_loss); they cover what
+# the assistant writes: its text, its tool calls and <|im_end|>. A chat without tools or tool calls renders
+# exactly as before tools were supported (tests/test_tiny_template.py pins it): checkpoints depend on it.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
+    _TOOLS_BLOCK + "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ (message['content'] or '') + '<|im_end|>' }}"
-    "{% endgeneration %}{{ '\n' }}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] or '' }}"
+    + _TOOL_CALLS
+    + "{{ '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
     "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') + '<|im_end|>' + '\n' }}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# How a reply is read back into a message (transformers' ``parse_response``, which TRL's tool loop uses):
+# the text before any call is the content, each <tool_call> body is one call's JSON.
+RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|im_start|>assistant\n",
+    "fields": {
+        "tool_calls": {
+            "open": "<tool_call>",
+            "close_pattern": r"</tool_call>\s*",
+            "repeats": True,
+            "content": "json",
+            "transform": {"type": "function", "function": "{content}"},
+        },
+        "content": {"close_pattern": r"<\|im_end\|>\s*", "content": "text"},
+    },
+}
 
 
 @dataclass
@@ -60,7 +103,7 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
         vocab.setdefault(ch, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
     # One token per character; Fuse joins them back without the spaces WordLevel would insert.
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(CHARACTER), behavior="isolated")
     tok.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -71,6 +114,7 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.response_template = RESPONSE_TEMPLATE
     tokenizer.padding_side = "left"
     return tokenizer
 
@@ -113,7 +157,9 @@ def tiny_model_path(config: TinyConfig | None = None) -> Path:
         build_tiny_model(config, tokenizer).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    return cached_build("tiny", [asdict(config), CHAT_TEMPLATE, SPECIAL_TOKENS], build)
+    return cached_build(
+        "tiny", [asdict(config), CHAT_TEMPLATE, RESPONSE_TEMPLATE, SPECIAL_TOKENS, CHARACTER], build
+    )
 
 
 def cached_build(kind: str, key: Any, build: Callable[[Path], None]) -> Path:

@@ -2,8 +2,9 @@
 
 Each actor plays episodes (``run_episode`` on an ``EnvPool``, the same code as a local run) and
 returns trajectories; the driver keeps a bounded number in flight (back-pressure), writes each episode when
-it returns, and re-queues the episodes of an actor that died on a fresh actor. Episode ``i`` always has seed
-``seed + i``, so a retried episode is the same episode and ``--resume`` works unchanged.
+it returns, and re-queues the episodes of an actor that died on a fresh actor. Episode ``i`` always has the
+seeds ``rollout.episode_seeds`` gives it (env seed ``seed + i // N``), so a retried episode is the same episode
+and ``--resume`` works unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .rollout import RolloutAborted, RolloutSummary, Tally
+from .rollout import RolloutAborted, RolloutSummary, Tally, episode_seeds
 from .trajectory import RunKey, Trajectory, TrajectoryWriter
 
 #: Seconds between two reads of the actors' turn counters for the progress line.
@@ -63,9 +64,10 @@ class _Worker:
         """Turns played so far by this actor, in all its episodes (the driver's progress line shows them)."""
         return self._turns
 
-    async def play(self, episode: int, seed: int) -> list[dict[str, Any]]:
+    async def play(self, episode: int, seed: int, sampling_seed: int | None = None) -> list[dict[str, Any]]:
         """One episode (``run_episode``, as a local run plays it); its trajectories, one per seat, as dicts."""
-        return [asdict(t) for t in await self._envs.play(self.agent, episode, seed, self._turn)]
+        group = await self._envs.play(self.agent, episode, seed, self._turn, sampling_seed=sampling_seed)
+        return [asdict(t) for t in group]
 
     def pid(self) -> int:
         """The actor's process id (for tests and diagnostics)."""
@@ -117,8 +119,11 @@ async def rollout_ray(
     name_prefix: str | None = None,
     max_sandboxes: int | None = None,
     fail_fast: int = 0,
+    samples_per_prompt: int = 1,
+    sampling_seed: int | None = None,
 ) -> RolloutSummary:
-    """Run ``episodes`` across ``workers`` Ray actors (``concurrency`` episodes in flight per actor).
+    """Run ``episodes`` prompts, each ``samples_per_prompt`` times, across ``workers`` Ray actors
+    (``concurrency`` episodes in flight per actor); episodes, seeds and rows as in ``rollout``.
 
     ``max_sandboxes`` caps the sandboxes live at once across all workers (a ``SandboxQuota`` actor); each
     worker's own process-wide cap (``ALIGNGYM_MAX_SANDBOXES``) still applies too. ``fail_fast`` as in
@@ -128,6 +133,8 @@ async def rollout_ray(
 
     if max_sandboxes is not None and (not isinstance(max_sandboxes, int) or max_sandboxes < 1):
         raise ValueError(f"max_sandboxes must be an integer >= 1, got {max_sandboxes!r}")
+    if samples_per_prompt < 1:
+        raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt!r}")
     connect_ray(ray_address)
     env_kwargs = env_kwargs or {}
     prefix = name_prefix or f"aligngym-{uuid.uuid4().hex[:8]}"
@@ -150,9 +157,10 @@ async def rollout_ray(
 
     for index in range(workers):
         spawn(index)
-    writer = TrajectoryWriter(out, resume=resume, run=RunKey(env_id, seed, env_kwargs))
-    todo = [i for i in range(episodes) if i not in writer.done]
-    skipped = episodes - len(todo)
+    writer = TrajectoryWriter(out, resume=resume, run=RunKey(env_id, seed, env_kwargs, samples_per_prompt))
+    total = episodes * samples_per_prompt
+    todo = [i for i in range(total) if i not in writer.done]
+    skipped = total - len(todo)
     queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
     for i in todo:
         queue.put_nowait((i, 1))
@@ -192,8 +200,9 @@ async def rollout_ray(
             except TimeoutError:
                 continue
             actor = actors[index]
+            env_seed, episode_sampling = episode_seeds(episode, seed, samples_per_prompt, sampling_seed)
             try:
-                rows = await actor.play.remote(episode, seed + episode)
+                rows = await actor.play.remote(episode, env_seed, episode_sampling)
             except ray.exceptions.RayActorError as exc:
                 tally.retried += 1
                 if actors[index] is actor:  # the first lane to notice replaces the dead actor
@@ -206,7 +215,7 @@ async def rollout_ray(
                     failed = Trajectory(
                         env_id=env_id,
                         episode=episode,
-                        seed=seed + episode,
+                        seed=env_seed,
                         error=f"worker died {attempt} times: {type(exc).__name__}",
                     )
                     record([asdict(failed)])
@@ -238,4 +247,4 @@ async def rollout_ray(
             ray.kill(quota, no_restart=True)
     if tally.aborted is not None:
         raise RolloutAborted(tally.aborted)
-    return dataclasses.replace(tally.summary(out, episodes, skipped), sandboxes_peak=peak)
+    return dataclasses.replace(tally.summary(out, total, skipped), sandboxes_peak=peak)

@@ -15,7 +15,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from aligngym.agents.base import Agent, AgentResponse
+from aligngym.agents.base import Agent, AgentResponse, Message
+from aligngym.agents.seeding import derive_seed, seeded
 from aligngym.envs.registry import make
 
 from .trajectory import Trajectory
@@ -32,23 +33,47 @@ async def run_episode(
     env_id: str | None = None,
     episode: int = 0,
     on_turn: Callable[[], None] | None = None,
+    sampling_seed: int | None = None,
 ) -> list[Trajectory]:
     """Play one episode of ``env`` (single- or multi-agent); one trajectory per seat, linked by ``episode_id``.
 
     ``policy`` is one agent, or for multi-agent envs one agent for every seat (self-play) or a ``{seat:
-    agent}`` map. ``on_turn`` is called after every turn (progress lines count turns with it).
+    agent}`` map. ``on_turn`` is called after every turn (progress lines count turns with it). With a
+    ``sampling_seed`` every request of the episode carries its own seed (``agents.seeding``), derived from it,
+    the seat and the turn.
     """
     env = getattr(env, "unwrapped", env)  # gymnasium wrappers hide ``astep``
     env_id = env_id or getattr(getattr(env, "spec", None), "id", None) or type(env).__name__
+    ask = _Asker(sampling_seed)
     if hasattr(env, "possible_agents"):
-        return await _multi_agent(env, seat_agents(env, policy), env_id, episode, seed, on_turn)
+        return await _multi_agent(env, seat_agents(env, policy), env_id, episode, seed, on_turn, ask)
     if isinstance(policy, Mapping):
         raise ValueError(f"{env_id} is single-agent: pass one agent, not a seat map")
-    return [await _single_agent(env, policy, env_id, episode, seed, on_turn)]
+    return [await _single_agent(env, policy, env_id, episode, seed, on_turn, ask)]
+
+
+class _Asker:
+    """Calls ``agent.act``, with the request's sampling seed in context when the episode has one."""
+
+    def __init__(self, sampling_seed: int | None):
+        self.sampling_seed = sampling_seed
+
+    async def __call__(
+        self, agent: Agent, messages: list[Message], tools: Any = None, seat: str = "", turn: int = 0
+    ) -> AgentResponse:
+        seed = None if self.sampling_seed is None else derive_seed(self.sampling_seed, seat, turn)
+        with seeded(seed):
+            return await (agent.act(messages, tools=tools) if tools else agent.act(messages))
 
 
 async def _single_agent(
-    env: Any, agent: Agent, env_id: str, episode: int, seed: int | None, on_turn: Callable[[], None] | None
+    env: Any,
+    agent: Agent,
+    env_id: str,
+    episode: int,
+    seed: int | None,
+    on_turn: Callable[[], None] | None,
+    ask: _Asker,
 ) -> Trajectory:
     traj = Trajectory(
         env_id=env_id, episode=episode, seed=seed, agent=agent.name, episode_id=uuid.uuid4().hex
@@ -60,7 +85,7 @@ async def _single_agent(
         traj.messages = info.get("messages", [])
         tools = getattr(env, "tool_schemas", None)
         while traj.turns < MAX_TURNS_GUARD:
-            response = await (agent.act(traj.messages, tools=tools) if tools else agent.act(traj.messages))
+            response = await ask(agent, traj.messages, tools, turn=traj.turns)
             traj.add_turn_tokens(response)  # the exact ids sampled, when the backend gives them
             _, reward, terminated, truncated, info = await _step(env, _action(response))
             traj.turns += 1
@@ -88,6 +113,7 @@ async def _multi_agent(
     episode: int,
     seed: int | None,
     on_turn: Callable[[], None] | None,
+    ask: _Asker,
 ) -> list[Trajectory]:
     episode_id = uuid.uuid4().hex
     start = time.perf_counter()
@@ -114,7 +140,9 @@ async def _multi_agent(
             if rounds >= MAX_TURNS_GUARD:
                 raise RuntimeError(f"episode did not end within {MAX_TURNS_GUARD} rounds")
             live = list(env.agents)
-            replies = await asyncio.gather(*(seats[a].act(trajs[a].messages) for a in live))
+            replies = await asyncio.gather(
+                *(ask(seats[a], trajs[a].messages, seat=a, turn=trajs[a].turns) for a in live)
+            )
             actions = {a: r.text for a, r in zip(live, replies, strict=True)}
             _, rewards, terminations, truncations, step_infos = await _step(env, actions)
             rounds += 1
@@ -161,7 +189,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _finish(traj: Trajectory, info: dict[str, Any], duration: float, success_component: str | None) -> None:
-    traj.reward = sum(traj.rewards)
+    traj.reward = float(sum(traj.rewards))
     traj.reward_components = dict(info.get("reward_components", {}))
     if success_component is not None and traj.error is None:
         traj.success = traj.reward_components.get(success_component, 0.0) >= 1.0
@@ -218,12 +246,21 @@ class EnvPool:
         episode: int,
         seed: int | None,
         on_turn: Callable[[], None] | None = None,
+        sampling_seed: int | None = None,
     ) -> list[Trajectory]:
         """``run_episode`` on an env of the pool, which goes back to the pool unless the episode failed."""
         env = self.take()
         group: list[Trajectory] = []
         try:
-            group = await run_episode(env, policy, seed, env_id=self.env_id, episode=episode, on_turn=on_turn)
+            group = await run_episode(
+                env,
+                policy,
+                seed,
+                env_id=self.env_id,
+                episode=episode,
+                on_turn=on_turn,
+                sampling_seed=sampling_seed,
+            )
         finally:
             await self.give_back(env, bool(group) and not group[0].error)
         return group

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from aligngym.agents.base import Agent
+from aligngym.agents.seeding import derive_seed
 from aligngym.envs.registry import make
 
+from .console import Bar
 from .episode import EnvPool, run_episode, seat_agents
 from .trajectory import RunKey, Trajectory, TrajectoryWriter
 
@@ -55,6 +58,25 @@ async def play_episode(
     return (await run_episode(env, agent, seed, env_id=env_id, episode=episode, on_turn=on_turn))[0]
 
 
+def episode_seeds(
+    episode: int, seed: int, samples_per_prompt: int = 1, sampling_seed: int | None = None
+) -> tuple[int, int | None]:
+    """Episode ``episode``'s env seed (``seed`` + its prompt index) and its own sampling seed (or None).
+
+    The sampling seed depends on the prompt's seed and the sample index, not on N: sample j of a prompt samples
+    alike in runs with different ``--samples-per-prompt``, and the N samples of a prompt differ.
+    """
+    prompt, sample = divmod(episode, samples_per_prompt)
+    env_seed = seed + prompt
+    return env_seed, None if sampling_seed is None else derive_seed(sampling_seed, env_seed, sample)
+
+
+def seed_local_sampling(sampling_seed: int | None) -> None:
+    """Seed torch's global generator for local models (a run at concurrency 1 then samples alike each time)."""
+    if sampling_seed is not None and "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(sampling_seed)
+
+
 async def rollout(
     env_id: str,
     agent: Agent | dict[str, Agent],
@@ -67,34 +89,44 @@ async def rollout(
     resume: bool = False,
     progress: bool = True,
     fail_fast: int = 0,
+    samples_per_prompt: int = 1,
+    sampling_seed: int | None = None,
+    label: str | None = None,
 ) -> RolloutSummary:
-    """Run ``episodes`` episodes of ``env_id``; episode ``i`` uses seed ``seed + i``.
+    """Play ``episodes`` prompts of ``env_id``, each ``samples_per_prompt`` times (``episodes * N`` in all).
 
-    ``agent`` is one policy, or for multi-agent envs a ``{seat: policy}`` map; multi-agent episodes write one
-    row per seat, linked by ``episode_id``. When the first ``fail_fast`` episodes (0: never) all fail with the
-    same error, no more start and ``RolloutAborted`` is raised (their rows are written).
+    Episode ``i`` is sample ``i % N`` of prompt ``i // N`` and uses env seed ``seed + i // N``. ``agent`` is one
+    policy, or for multi-agent envs a ``{seat: policy}`` map; multi-agent episodes write one row per seat,
+    linked by ``episode_id``. With a ``sampling_seed`` each request carries a seed derived from it (see
+    ``episode_seeds`` and ``agents.seeding``) and torch is seeded for local models. When the first
+    ``fail_fast`` episodes (0: never) all fail with the same error, no more start and ``RolloutAborted`` is
+    raised (their rows are written). ``label`` names the progress bar (default: the env id).
     """
     env_kwargs = env_kwargs or {}
-    if episodes < 0 or concurrency < 1:
-        raise ValueError("episodes must be >= 0 and concurrency >= 1")
+    if episodes < 0 or concurrency < 1 or samples_per_prompt < 1:
+        raise ValueError("episodes must be >= 0, concurrency and samples_per_prompt >= 1")
     first_env = make(env_id, **env_kwargs)  # bad env ids and kwargs fail here, before any work
     if not hasattr(first_env, "possible_agents") and isinstance(agent, dict):
         raise ValueError(f"{env_id} is single-agent: pass one agent, not a seat map")
     if hasattr(first_env, "possible_agents"):
         seat_agents(first_env, agent)  # a seat map that misses or invents a seat fails before any work
     envs = EnvPool(env_id, env_kwargs, spare=first_env)
-    writer = TrajectoryWriter(out, resume=resume, run=RunKey(env_id, seed, env_kwargs))
-    todo = [i for i in range(episodes) if i not in writer.done]
-    skipped = episodes - len(todo)
+    run = RunKey(env_id, seed, env_kwargs, samples_per_prompt)
+    writer = TrajectoryWriter(out, resume=resume, run=run)
+    total = episodes * samples_per_prompt
+    todo = [i for i in range(total) if i not in writer.done]
+    skipped = total - len(todo)
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in todo:
         queue.put_nowait(i)
-    tally = Tally(writer, len(todo), env_id, progress, fail_fast=fail_fast)
+    tally = Tally(writer, len(todo), label or env_id, progress, fail_fast=fail_fast)
+    seed_local_sampling(sampling_seed)
 
     async def worker() -> None:
         while not queue.empty() and tally.aborted is None:
             i = queue.get_nowait()
-            tally.record(await envs.play(agent, i, seed + i, tally.turn))
+            env_seed, episode_sampling = episode_seeds(i, seed, samples_per_prompt, sampling_seed)
+            tally.record(await envs.play(agent, i, env_seed, tally.turn, sampling_seed=episode_sampling))
 
     try:
         if tally.bar:
@@ -107,7 +139,7 @@ async def rollout(
         writer.close()
     if tally.aborted is not None:
         raise RolloutAborted(tally.aborted)
-    return tally.summary(out, episodes, skipped)
+    return tally.summary(out, total, skipped)
 
 
 class Tally:
@@ -119,7 +151,7 @@ class Tally:
         self.live_turns = 0
         self.reward = 0.0
         self.start = time.perf_counter()
-        self.bar = _Progress(total, label) if progress else None
+        self.bar = Bar(label, total, unit="episodes") if progress else None
         self.fail_fast = fail_fast
         self.first_errors: list[str] = []
         #: Why the run stops early (the first episodes all failed alike), or None.
@@ -132,8 +164,7 @@ class Tally:
     def turn_total(self, turns: int) -> None:
         """``turns`` played so far in all episodes (Ray workers count their own; the driver sums them)."""
         self.live_turns = turns
-        if self.bar:
-            self.bar.turn(turns)
+        self._show()
 
     def record(self, group: list[Trajectory]) -> bool:
         """Write one episode's rows (one per seat); False when it failed."""
@@ -147,9 +178,13 @@ class Tally:
             self.ok += 1
             self.reward += sum(t.reward for t in group) / len(group)
         self._watch(group[0].error)
-        if self.bar:
-            self.bar.advance(self.mean_reward, self.errors)
+        self._show(advance=1)
         return not failed
+
+    def _show(self, advance: int = 0) -> None:
+        if self.bar:
+            reward = self.mean_reward if self.ok else None
+            self.bar.update(advance=advance, reward=reward, turns=self.live_turns, errors=self.errors)
 
     def _watch(self, error: str | None) -> None:
         # Only the run's first episodes decide: one success, or two different errors, and it runs to the end.
@@ -182,34 +217,3 @@ class Tally:
             turns=self.turns,
             retried=self.retried,
         )
-
-
-class _Progress:
-    """A rich progress bar showing episodes done, mean reward and errors."""
-
-    def __init__(self, total: int, label: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(
-                "turns {task.fields[turns]}  reward {task.fields[reward]:.3f}  errors {task.fields[errors]}"
-            ),
-            TimeElapsedColumn(),
-            transient=False,
-        )
-        self.task = self.progress.add_task(label, total=total, reward=0.0, errors=0, turns=0)
-
-    def start(self) -> None:
-        self.progress.start()
-
-    def turn(self, turns: int) -> None:
-        self.progress.update(self.task, turns=turns)
-
-    def advance(self, mean_reward: float, errors: int) -> None:
-        self.progress.update(self.task, advance=1, reward=mean_reward, errors=errors)
-
-    def stop(self) -> None:
-        self.progress.stop()

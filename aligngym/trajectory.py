@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .rows import decode_row, encode_row, is_encoded
+
 if TYPE_CHECKING:
     from aligngym.agents.base import AgentResponse
 
@@ -40,9 +42,21 @@ class Trajectory:
     #: Whether the episode achieved its task: the env's ``success_component`` reached 1 at the end. ``None``
     #: when the env has no notion of success or the episode failed with an error.
     success: bool | None = None
+    #: ``--samples-per-prompt N``: episode ``i`` is sample ``i % N`` of prompt ``i // N`` (env seed ``seed +
+    #: i // N``). Left out, they are derived from ``episode`` and N.
+    prompt_index: int | None = None
+    sample_index: int | None = None
+    samples_per_prompt: int = 1
     #: Per assistant turn whose backend said them, the exact tokens: ``{"turn", "prompt_ids",
-    #: "completion_ids", "logprobs"}`` (``turn`` 0-based; an unknown list is null). Absent from the row if none.
+    #: "completion_ids", "logprobs"}`` (``turn`` 0-based; an unknown list is null). JSON text in the file
+    #: (``""`` if none), as ``info`` and ``env_kwargs`` are: see ``aligngym.rows``.
     tokens: list[dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompt_index is None:
+            self.prompt_index = self.episode // self.samples_per_prompt
+        if self.sample_index is None:
+            self.sample_index = self.episode % self.samples_per_prompt
 
     def add_turn_tokens(self, response: AgentResponse, turn: int | None = None) -> None:
         """Keep ``response``'s prompt ids, generated ids and logprobs as turn ``turn`` (default: ``turns``).
@@ -67,17 +81,15 @@ class Trajectory:
         self.tokens.append(entry)
 
     def to_json(self) -> str:
-        """One line of JSON (no newline); non-JSON values in ``info`` are stringified, not dropped."""
-        row = asdict(self)
-        if row["tokens"] is None:
-            del row["tokens"]  # rows of backends without token ids stay as compact as before
-        return json.dumps(_jsonable(row), ensure_ascii=False, allow_nan=False)
+        """One line of JSON (no newline) in the row format of ``aligngym.rows``, the same columns for every env;
+        non-JSON values in ``info`` are stringified, not dropped."""
+        return json.dumps(encode_row(_jsonable(asdict(self))), ensure_ascii=False, allow_nan=False)
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Trajectory:
-        """Rebuild from a JSONL row, ignoring keys added by later versions."""
+        """Rebuild from a JSONL row (this version's, an earlier one's, or decoded), ignoring keys added later."""
         names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in row.items() if k in names})
+        return cls(**{k: v for k, v in decode_row(row).items() if k in names})
 
 
 def _jsonable(value: Any) -> Any:
@@ -105,27 +117,53 @@ class RunKey:
     env_id: str
     seed: int
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    samples_per_prompt: int = 1
 
     def mismatch(self, row: dict[str, Any]) -> str | None:
-        """How ``row`` differs from this run (``None`` when it belongs to it)."""
+        """How ``row`` (decoded) differs from this run (``None`` when it belongs to it)."""
         if row.get("env_id") != self.env_id:
             return f"env id {row.get('env_id')!r} (this run: {self.env_id!r})"
-        if isinstance(row.get("seed"), int) and row["seed"] - int(row["episode"]) != self.seed:
-            return f"--seed {row['seed'] - int(row['episode'])} (this run: {self.seed})"
+        n = row.get("samples_per_prompt", 1)
+        if n != self.samples_per_prompt:
+            return f"--samples-per-prompt {n} (this run: {self.samples_per_prompt})"
+        prompt = int(row["episode"]) // self.samples_per_prompt
+        if isinstance(row.get("seed"), int) and row["seed"] - prompt != self.seed:
+            return f"--seed {row['seed'] - prompt} (this run: {self.seed})"
         # Rows from before env_kwargs was recorded carry no key: nothing to compare them with.
         wanted = json.loads(json.dumps(_jsonable(self.env_kwargs)))
         if "env_kwargs" in row and row["env_kwargs"] != wanted:
             return f"--env-kwargs {json.dumps(row['env_kwargs'])} (this run: {json.dumps(wanted)})"
         return None
 
+    def stamp(self, traj: Trajectory) -> None:
+        """Record this run's settings on ``traj``: its env arguments and which sample of which prompt it is."""
+        traj.env_kwargs = self.env_kwargs
+        traj.samples_per_prompt = self.samples_per_prompt
+        traj.prompt_index, traj.sample_index = divmod(traj.episode, self.samples_per_prompt)
+
 
 def read_trajectories(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete row of a trajectory file; a half-written last line (a killed writer) is skipped.
+    """Every complete row of a trajectory file, decoded (``aligngym.rows.decode_row``: ``info`` and
+    ``reward_components`` as dicts, ``None`` for what is missing); a half-written last line is skipped.
 
     Raises ``TrajectoryFileError`` when a line before the last is not a JSON object with an ``episode``.
     """
     rows, _ = _scan(Path(path))
-    return rows
+    decoded = []
+    for lineno, row in enumerate(rows, 1):
+        try:
+            decoded.append(decode_row(row))
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+        ) as exc:  # a field in no form rows are written in
+            raise TrajectoryFileError(
+                f"{str(path)!r} line {lineno}: a field cannot be read ({type(exc).__name__}: {exc}); "
+                "is it the output of `aligngym rollout`?"
+            ) from None
+    return decoded
 
 
 def check_resumable(path: str | Path, run: RunKey) -> None:
@@ -200,10 +238,10 @@ class TrajectoryWriter:
                 check_resumable(self.path, run)
             rows, good_end = _scan(self.path)
             complete = _complete_episodes(rows)
-            if good_end < (self.path.stat().st_size if self.path.exists() else 0) or sum(
-                complete.values()
-            ) < len(rows):
-                # Drop a torn last line and the rows of episodes whose seats were not all written.
+            torn = good_end < (self.path.stat().st_size if self.path.exists() else 0)
+            if torn or sum(complete.values()) < len(rows) or not all(map(is_encoded, rows)):
+                # Drop a torn last line and the rows of episodes whose seats were not all written; rows of
+                # an earlier version are rewritten in this one's format, so the file keeps one schema.
                 self._rewrite(rows, complete)
             self.done = {int(r["episode"]) for r in rows if int(r["episode"]) in complete}
             self._fh = self.path.open("a", encoding="utf-8")
@@ -215,7 +253,7 @@ class TrajectoryWriter:
         with tmp.open("w", encoding="utf-8") as fh:
             for row in rows:
                 if int(row["episode"]) in complete:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    fh.write(json.dumps(encode_row(row), ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
@@ -226,7 +264,7 @@ class TrajectoryWriter:
         # in flight, which resume detects (torn line, or fewer rows than seats) and redoes.
         if self.run is not None:
             for t in trajectories:
-                t.env_kwargs = self.run.env_kwargs
+                self.run.stamp(t)
         self._fh.write("".join(t.to_json() + "\n" for t in trajectories))
         self._fh.flush()
         self.done.update(t.episode for t in trajectories)

@@ -66,6 +66,7 @@ PUBLIC = {
         "ConfigError",
         "TrainConfig",
         "as_trl_environment",
+        "env_prompt_dataset",
         "load_config",
         "train",
     },

@@ -60,7 +60,8 @@ def test_progress_line_counts_the_turns_played_on_the_workers(chat_server, tmp_p
     )
     assert result.returncode == 0, result.stderr[-2000:]
     # The final frame of the bar: each of the 12 single-turn episodes counted by the actor that played it.
-    assert "12/12 turns 12 " in result.stdout + result.stderr, result.stdout[-2000:]
+    printed = result.stdout + result.stderr
+    assert "12/12 episodes" in printed and "turns 12 " in printed, result.stdout[-2000:]
 
 
 def test_ray_run_stops_when_its_first_episodes_fail_alike(chat_server, tmp_path):

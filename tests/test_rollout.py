@@ -97,8 +97,7 @@ def test_progress_counts_turns_as_they_happen(tmp_path):
         )
         # the bar moved with every turn, before the episode (and so the episode count) finished
         assert len(seen) == traj.turns == 4
-        assert tally.bar.progress.tasks[0].fields["turns"] == 4
-        assert tally.bar.progress.tasks[0].completed == 0
+        assert "turns 4" in tally.bar.status and tally.bar.completed == 0
 
 
 def test_local_agent_keeps_the_prompt_within_the_window():

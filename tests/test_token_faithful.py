@@ -107,9 +107,9 @@ def test_stored_ids_are_the_sampled_ids_and_grpo_trains_on_exactly_them(think_to
     assert "add them" not in tok.decode(responses[1].prompt_ids)
     assert all(len(r.logprobs) == len(r.token_ids) for r in responses)
 
-    row = json.loads(traj.to_json())  # what a JSONL file holds
-    assert [t["completion_ids"] for t in row["tokens"]] == sampled
-    assert [t["turn"] for t in row["tokens"]] == [0, 1]
+    row = json.loads(traj.to_json())  # what a JSONL file holds: the tokens as JSON text
+    assert [t["completion_ids"] for t in json.loads(row["tokens"])] == sampled
+    assert [t["turn"] for t in json.loads(row["tokens"])] == [0, 1]
 
     sample = trajectory_sample(row, tok)
     assert sample.prompt_ids == responses[0].prompt_ids
@@ -147,14 +147,14 @@ def test_a_server_that_ignores_the_request_leaves_the_tokens_unknown():
         traj, responses = _play(srv, return_tokens=True)
         assert srv.last_request["return_token_ids"] is True
     assert all(r.token_ids is None and r.prompt_ids is None for r in responses)
-    assert traj.tokens is None and "tokens" not in json.loads(traj.to_json())
+    assert traj.tokens is None and json.loads(traj.to_json())["tokens"] == ""
     with pytest.raises(ValueError, match="no token ids"):
         trajectory_sample(traj)
 
 
 def test_rows_without_tokens_load_and_stay_compact():
     old = json.loads(Trajectory(env_id="e", episode=3, seed=3).to_json())
-    assert "tokens" not in old
+    assert old["tokens"] == ""
     assert Trajectory.from_dict(old).tokens is None
     traj = Trajectory(env_id="e", episode=0, seed=0)
     traj.add_turn_tokens(AgentResponse(text="x", token_ids=[5, 6], logprobs=[-0.1], prompt_ids=[1]))

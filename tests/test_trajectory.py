@@ -3,8 +3,9 @@ from __future__ import annotations
 import json
 
 import datasets
+import pytest
 
-from aligngym.trajectory import Trajectory, TrajectoryWriter, read_trajectories
+from aligngym.trajectory import Trajectory, TrajectoryFileError, TrajectoryWriter, read_trajectories
 
 
 def _traj(i, **kw):
@@ -60,3 +61,14 @@ def test_without_resume_file_is_replaced(tmp_path):
         assert w.done == set()
     assert path.read_text() == ""
     assert Trajectory.from_dict({**json.loads(_traj(1).to_json()), "future_key": 1}).episode == 1
+
+
+@pytest.mark.parametrize(
+    "fields", [{"info": "{not json"}, {"reward_components": [{"value": 1.0}]}], ids=["info", "components"]
+)
+def test_a_field_in_no_written_form_names_its_line(tmp_path, fields):
+    path = tmp_path / "run.jsonl"
+    good = json.loads(Trajectory(env_id="e", episode=0, seed=0).to_json())
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "episode": 1, **fields}) + "\n")
+    with pytest.raises(TrajectoryFileError, match="line 2: a field cannot be read"):
+        read_trajectories(path)

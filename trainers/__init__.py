@@ -2,7 +2,15 @@
 
 from .config import METHODS, ConfigError, TrainConfig, load_config
 
-__all__ = ["METHODS", "ConfigError", "TrainConfig", "as_trl_environment", "load_config", "train"]
+__all__ = [
+    "METHODS",
+    "ConfigError",
+    "TrainConfig",
+    "as_trl_environment",
+    "env_prompt_dataset",
+    "load_config",
+    "train",
+]
 
 
 def __getattr__(name: str):
@@ -15,4 +23,8 @@ def __getattr__(name: str):
         from .trl_env import as_trl_environment
 
         return as_trl_environment
+    if name == "env_prompt_dataset":
+        from .prompts import env_prompt_dataset
+
+        return env_prompt_dataset
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

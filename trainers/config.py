@@ -65,6 +65,15 @@ class TrainConfig:
     temperature: float = _key(1.0, "Sampling temperature during rollouts.", "online")
     use_vllm: bool = _key(False, "Generate with vLLM (TRL syncs weights).", "online")
     vllm_mode: str = _key("colocate", "With use_vllm: 'server' or 'colocate'.", "online")
+    eval_episodes: int = _key(
+        0,
+        "Held-out questions (seeds from num_prompts on whose prompts are not trained on) answered greedily "
+        "before and after training; writes held_out.json (0: none).",
+        "online",
+    )
+    eval_env_kwargs: dict[str, Any] = _key(
+        {}, "Env kwargs of the held-out episodes, over env_kwargs (e.g. Arithmetic's split: test).", "online"
+    )
 
     data: str | None = _key(None, "Trajectory JSONL (from `aligngym rollout`) to learn from.", "data")
     min_margin: float = _key(0.1, "dpo, reward: least reward gap between chosen and rejected.", "data")
@@ -122,13 +131,16 @@ def _check_common(config: TrainConfig) -> None:
     for name in _COUNTS:
         if getattr(config, name) < 1:
             raise ConfigError(f"{name}: must be >= 1, got {getattr(config, name)}")
-    for name in ("save_steps", "lora_r"):
+    for name in ("save_steps", "lora_r", "eval_episodes"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name}: must be >= 0, got {getattr(config, name)}")
     if config.resume and config.save_steps <= 0:
         raise ConfigError("resume: needs checkpoints; set save_steps > 0 as well")
-    if not isinstance(config.env_kwargs, dict) or not isinstance(config.trl, dict):
-        raise ConfigError("env_kwargs and trl must be mappings")
+    if not all(isinstance(m, dict) for m in (config.env_kwargs, config.eval_env_kwargs, config.trl)):
+        raise ConfigError("env_kwargs, eval_env_kwargs and trl must be mappings")
+    if config.eval_episodes and config.method not in ("grpo", "rloo"):
+        # Held out means not trained on: only the online methods' training prompts (seeds 0..N-1) are known.
+        raise ConfigError(f"eval_episodes: held-out evaluation is for grpo and rloo, not {config.method}")
 
 
 def _check_groups(config: TrainConfig) -> None:

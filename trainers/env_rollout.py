@@ -25,6 +25,7 @@ from aligngym.episode import EnvPool, run_episode
 from aligngym.trajectory import Trajectory
 
 from .generation import Generate, ranks_live, vllm_generate
+from .logging import seat_key
 from .policy_agent import PolicySeat, TrainerPolicy
 from .tokens import trajectory_sample
 
@@ -100,6 +101,8 @@ class EnvRollout:
         #: Where failed episodes are written (JSONL, appended), when set.
         self.failed_path = Path(failed_path) if failed_path else None
         self.failed = 0
+        #: Each seat's mean reward in the last batch's episodes (multi-agent envs; every seat, trained or not).
+        self.seat_rewards: dict[str, float] = {}
 
     def _episodes(
         self, prompts: list[list[dict]]
@@ -140,6 +143,7 @@ class EnvRollout:
         policy = TrainerPolicy(tokenizer, generate, live_anywhere)
         groups = run_sync(self._play_all(policy, episodes))
         by_seat = {(id(e), t.agent_id): t for e, group in zip(episodes, groups, strict=True) for t in group}
+        self.seat_rewards = seat_rewards(groups)
         return [self._slot(seat, by_seat[(id(e), seat)], tokenizer) for e, seat in placed]
 
     async def _play_all(self, policy: TrainerPolicy, episodes: list[_Episode]) -> list[list[Trajectory]]:
@@ -197,6 +201,7 @@ class EnvRollout:
             slots = self.play(model, trainer.processing_class, prompts, generate, ranks_live(trainer))
         finally:
             model.train(was_training)
+        _log_seat_rewards(trainer, self.seat_rewards)
         # A failed episode's reward and components are NaN: TRL then counts the sample as unscorable, leaves
         # it out of its group's baseline and gives it zero advantage (GRPOTrainer, "unscorable_mask").
         rewards = [s.reward for s in slots]
@@ -212,3 +217,26 @@ class EnvRollout:
                 float(s.components.get(name, math.nan)) if s.done else math.nan for s in slots
             ]
         return out
+
+
+def seat_rewards(groups: list[list[Trajectory]]) -> dict[str, float]:
+    """Each seat's mean reward over the episodes of ``groups`` that finished; empty for single-agent envs."""
+    rewards: dict[str, list[float]] = {}
+    for group in groups:
+        for trajectory in group:
+            if trajectory.agent_id is not None and not trajectory.error:
+                rewards.setdefault(trajectory.agent_id, []).append(trajectory.reward)
+    return {seat: sum(values) / len(values) for seat, values in sorted(rewards.items())}
+
+
+def _log_seat_rewards(trainer, rewards: dict[str, float]) -> None:
+    """Log each seat's reward with the step's metrics (``seat/<seat>/reward`` in metrics.jsonl).
+
+    TRL's ``_log_metric`` (what its reward functions' ``log_metric`` calls) averages a value over the logging
+    step and across processes; a TRL without it logs no seat rewards rather than failing the step.
+    """
+    log = getattr(trainer, "_log_metric", None)
+    if log is None:
+        return
+    for seat, reward in rewards.items():
+        log(seat_key(seat), reward)

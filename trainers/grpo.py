@@ -3,50 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from .config import TrainConfig
-from .env_rollout import EnvRollout, prompt_key
+from .env_rollout import EnvRollout
+from .prompts import env_prompt_dataset
 from .trl_setup import checkpointing, peft_config, run_trainer
-
-
-def env_prompt_dataset(env_id: str, env_kwargs: dict[str, Any], num_prompts: int):
-    """First messages of episodes with seeds 0..N-1 (one per seat for multi-agent envs) as a dataset.
-
-    Returns the dataset, each prompt's (seed, seat) and the names of the env's reward components.
-    """
-    from datasets import Dataset
-
-    from aligngym.envs.registry import make
-
-    env = make(env_id, **env_kwargs)
-    env = getattr(env, "unwrapped", env)
-    multi = hasattr(env, "possible_agents")
-    rows, tasks = [], {}
-    for seed in range(num_prompts):
-        _, infos = env.reset(seed=seed)
-        for seat in env.possible_agents if multi else [None]:
-            prompt = (infos[seat] if multi else infos)["messages"]
-            # Identical prompts are the same task for the learner; the first (seed, seat) stands for all.
-            if tasks.setdefault(prompt_key(prompt), (seed, seat)) == (seed, seat):
-                rows.append({"prompt": prompt, "seed": seed, "seat": seat or ""})
-    components = _component_names(env)
-    env.close()
-    return Dataset.from_list(rows), tasks, components
-
-
-def _component_names(env) -> list[str]:
-    """The names of the env's reward components, from one episode with empty replies (the one driver plays it)."""
-    from aligngym.agents.scripted import ScriptedAgent
-    from aligngym.envs.base import run_sync
-    from aligngym.episode import run_episode
-
-    group = run_sync(run_episode(env, ScriptedAgent([""]), seed=0))
-    if group[0].error:
-        raise RuntimeError(
-            f"an episode with empty replies failed, so its reward components are unknown: {group[0].error}"
-        )
-    return sorted({name for traj in group for name in traj.reward_components})
 
 
 def _reward_func(name: str, key: str):

@@ -12,36 +12,27 @@ from .config import TrainConfig
 from .logging import METRICS_FILE
 
 
-async def _rollout_policy(model, tokenizer, config: TrainConfig, out: Path) -> float:
+async def _rollout_policy(model, tokenizer, config: TrainConfig, out: Path, label: str) -> float:
     """Roll the current policy out ``samples_per_prompt`` times over the round's seeds; mean reward."""
     import aligngym
     from aligngym.agents.local import SamplingConfig, TransformersAgent
-    from aligngym.trajectory import read_trajectories
 
     agent = TransformersAgent(
         model,
         tokenizer,
         sampling=SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature),
     )
-    parts = []
-    for k in range(config.samples_per_prompt):
-        part = out.with_name(f"{out.stem}.{k}.jsonl")
-        await aligngym.rollout(
-            config.env,
-            agent,
-            episodes=config.episodes_per_round,
-            out=part,
-            env_kwargs=config.env_kwargs,
-            seed=config.seed,
-            progress=False,
-        )
-        parts.append(part)
-    rows = [row for part in parts for row in read_trajectories(part)]
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    for part in parts:
-        part.unlink()
-    ok = [r["reward"] for r in rows if not r.get("error")]
-    return sum(ok) / len(ok) if ok else 0.0
+    summary = await aligngym.rollout(
+        config.env,
+        agent,
+        episodes=config.episodes_per_round,
+        samples_per_prompt=config.samples_per_prompt,
+        out=out,
+        env_kwargs=config.env_kwargs,
+        seed=config.seed,
+        label=label,
+    )
+    return summary.mean_reward
 
 
 def train_iterate(config: TrainConfig, model, tokenizer, methods: dict[str, Any]):
@@ -53,9 +44,8 @@ def train_iterate(config: TrainConfig, model, tokenizer, methods: dict[str, Any]
     for r in range(config.rounds + 1):
         data = out / f"round{r}" / "trajectories.jsonl"
         data.parent.mkdir(parents=True, exist_ok=True)
-        reward = asyncio.run(_rollout_policy(model, tokenizer, config, data))
+        reward = asyncio.run(_rollout_policy(model, tokenizer, config, data, f"round {r} rollout"))
         rounds.append({"step": r, "round": r, "reward": reward})
-        print(f"round {r}: mean reward {reward:.4f}")
         if r == config.rounds:
             break  # the last rollout only measures the final policy
         inner = dataclasses.replace(

@@ -12,6 +12,11 @@ METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "reward_curve.png"
 
 
+def seat_key(seat: str) -> str:
+    """The metrics key of one seat's mean reward (self-play on a multi-agent env)."""
+    return f"seat/{seat}/reward"
+
+
 class MetricsCallback(TrainerCallback):
     """Appends each logging step of the trainer to ``OUTPUT_DIR/metrics.jsonl`` (``step`` plus TRL's logs)."""
 
@@ -67,6 +72,8 @@ def plot_reward_curve(output_dir: str | Path, title: str = "") -> Path | None:
     for key in sorted(rows[0]):
         if key.startswith("rewards/") and key.endswith("/mean") and key != "rewards/env/mean":
             series[key[8:-5]] = [r.get(key) for r in rows]
+        elif key.startswith("seat/") and key.endswith("/reward"):
+            series[f"seat {key[5:-7]}"] = [r.get(key) for r in rows]
     return _plot(
         output_dir,
         CURVE_FILE,

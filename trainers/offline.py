@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .config import ConfigError, TrainConfig
 from .pairs import PairConfig, build_pairs, build_sft
 from .trl_setup import build_trainer, common_args, fit, peft_config, run_trainer
+
+logger = logging.getLogger(__name__)
 
 
 def _pair_config(config: TrainConfig) -> PairConfig:
@@ -115,7 +118,7 @@ def load_reward_model(name_or_path: str):
     path = str(tiny_model_path()) if name_or_path == TINY_NAME else name_or_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        model = _quiet_classifier(AutoModelForSequenceClassification, path)
     except OSError as exc:
         raise ConfigError(f"model: cannot load {name_or_path!r}: {str(exc).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
@@ -123,6 +126,30 @@ def load_reward_model(name_or_path: str):
     # Sequence classifiers find the last real token through pad_token_id; without it batches fail.
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _quiet_classifier(model_cls, path: str):
+    """The one-output classifier at ``path``; transformers' load report only when more than the head is new.
+
+    The scoring head is new by design, so the report transformers prints for it is noise; any other
+    missing weight is a real problem and is logged.
+    """
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = model_cls.from_pretrained(path, num_labels=1, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(level)
+    missing = sorted(k for k in info["missing_keys"] if not k.startswith("score."))
+    if missing or info["mismatched_keys"]:
+        logger.warning(
+            "reward model %s: newly initialised weights besides the score head: %s",
+            path,
+            ", ".join(missing + sorted(map(str, info["mismatched_keys"]))),
+        )
+    return model
 
 
 def train_reward(config: TrainConfig):

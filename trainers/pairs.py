@@ -107,6 +107,37 @@ def build_pairs(rows: Iterable[dict[str, Any]], config: PairConfig | None = None
     return pairs
 
 
+def why_no_pairs(rows: Iterable[dict[str, Any]], config: PairConfig | None = None) -> str:
+    """Why ``build_pairs`` finds no pair in ``rows``: the first thing that stops it, and what to do."""
+    config = config or PairConfig()
+    rows = list(rows)
+    ok = [r for r in rows if not r.get("error")]
+    if config.max_pairs_per_prompt < 1:
+        return f"--max-pairs-per-prompt is {config.max_pairs_per_prompt}"
+    if not rows:
+        return "the file holds no trajectories"
+    if not ok:
+        return f"all {len(rows)} trajectories failed (their error is set); fix the run and roll out again"
+    groups = list(group_by_prompt(ok).values())
+    if not groups:
+        return "no trajectory has both a prompt and an assistant reply"
+    if all(len(g) == 1 for g in groups):
+        return (
+            f"every prompt appears once ({len(groups)} prompts): a pair needs two samples of the same prompt; "
+            "rerun rollout with --samples-per-prompt 4"
+        )
+    gaps = [max(float(r["reward"]) for r in g) - min(float(r["reward"]) for r in g) for g in groups]
+    widest = max(gaps)
+    if widest < config.min_margin:
+        several = sum(len(g) > 1 for g in groups)
+        return (
+            f"no two samples of a prompt differ by --min-margin {config.min_margin:g} ({several} prompts have "
+            f"several samples; the widest reward gap is {widest:g}): lower --min-margin, sample more per "
+            "prompt, or raise the temperature"
+        )
+    return "the samples whose rewards differ enough have identical replies"
+
+
 def build_sft(rows: Iterable[dict[str, Any]], config: PairConfig | None = None) -> list[dict[str, Any]]:
     """Rejection sampling: whole conversations above the threshold and/or the top-k per prompt."""
     config = config or PairConfig()

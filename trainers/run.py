@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 from .config import ConfigError, TrainConfig
+from .held_out import HeldOut, summary_line, write_held_out
 from .logging import plot_metric, plot_reward_curve
 
 
@@ -54,12 +55,20 @@ def train(config: TrainConfig):
             model, tokenizer = load_model_and_tokenizer(config.model)
         except OSError as exc:  # transformers' "not a folder or hub id" family
             raise ConfigError(f"model: cannot load {config.model!r}: {str(exc).splitlines()[0]}") from None
+        held_out = HeldOut(config) if config.eval_episodes else None
+        before = held_out.score(model, tokenizer) if held_out else None
         if config.method == "iterate":
             from .iterate import train_iterate
 
             trainer = train_iterate(config, model, tokenizer, _METHODS)
         else:
             trainer = _METHODS[config.method](config, model, tokenizer)
+        if held_out:
+            # Every process scores (a sharded model generates collectively); the main one reports.
+            after = held_out.score(trainer.accelerator.unwrap_model(trainer.model), tokenizer)
+            if trainer.args.should_save:
+                write_held_out(config.output_dir, before, after)
+                print(summary_line(before, after), flush=True)
     out = Path(config.output_dir)
     if config.save_model:
         trainer.save_model(str(out / "model"))  # a collective under ZeRO-3/FSDP: every process calls it

@@ -201,7 +201,11 @@ def _tool_method(name: str, fn: Any):
 
 
 def as_trl_environment(env_id: str, **env_kwargs: Any) -> type:
-    """A class for ``GRPOTrainer(environment_factory=...)`` that plays ``env_id`` (single-agent envs)."""
+    """A class for ``GRPOTrainer(environment_factory=...)`` that plays ``env_id`` (single-agent envs).
+
+    Train on ``env_prompt_dataset(env_id, env_kwargs, n)`` (its ``seed`` column picks each episode). The
+    tokenizer's chat template must render tools and TRL must parse its replies: the tiny policy's does both.
+    """
     if spec(env_id).multi_agent:
         raise ValueError(
             f"{env_id} is multi-agent; train it with `method: grpo` (self-play), not a TRL env class"

@@ -7,6 +7,7 @@ from typing import Any
 
 from .config import TrainConfig
 from .logging import MetricsCallback
+from .train_console import install_console
 
 
 def common_args(config: TrainConfig) -> dict[str, Any]:
@@ -51,8 +52,8 @@ def peft_config(config: TrainConfig):
 
 
 def build_trainer(trainer_cls, args, config: TrainConfig, model, tokenizer, dataset, **extra: Any):
-    """A TRL trainer with our metrics callback, not trained yet."""
-    return trainer_cls(
+    """A TRL trainer with our metrics callback and progress bar (no printed dicts), not trained yet."""
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -60,6 +61,8 @@ def build_trainer(trainer_cls, args, config: TrainConfig, model, tokenizer, data
         callbacks=[MetricsCallback(config.output_dir, append=config.resume)],
         **extra,
     )
+    install_console(trainer, config.method)
+    return trainer
 
 
 def run_trainer(trainer_cls, args, config: TrainConfig, model, tokenizer, dataset, **extra: Any):

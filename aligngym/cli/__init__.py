@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from .common import EXIT_USAGE, UsageError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-_COMMANDS = ("envs", "rollout", "pairs", "sandbox", "train")
+_COMMANDS = ("envs", "rollout", "eval", "pairs", "sandbox", "train", "view")
 
 
 def _parser() -> argparse.ArgumentParser:

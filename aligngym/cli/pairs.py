@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .common import UsageError
 
@@ -20,7 +21,7 @@ def add_parser(sub) -> None:
 def _cmd_pairs(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from aligngym.trainers.pairs import PairConfig, build_pairs, write_jsonl
+    from aligngym.trainers.pairs import PairConfig, build_pairs, why_no_pairs, write_jsonl
     from aligngym.trajectory import TrajectoryFileError, read_trajectories
 
     if not Path(args.trajectories).exists():
@@ -33,9 +34,10 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{args.trajectories!r} holds no trajectory rows; is it the output of `aligngym rollout`?"
         )
-    pairs = build_pairs(
-        rows, PairConfig(min_margin=args.min_margin, max_pairs_per_prompt=args.max_pairs_per_prompt)
-    )
+    config = PairConfig(min_margin=args.min_margin, max_pairs_per_prompt=args.max_pairs_per_prompt)
+    pairs = build_pairs(rows, config)
     n = write_jsonl(pairs, args.out)
     print(f"wrote {n} pairs from {len(rows)} trajectories to {args.out}")
+    if not n:
+        print(f"aligngym: no pairs: {why_no_pairs(rows, config)}", file=sys.stderr)
     return 0

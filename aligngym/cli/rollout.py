@@ -24,13 +24,20 @@ def add_parser(sub) -> None:
         help="'tiny', a local path / hub name, or the server's model name; multi-agent envs: repeat it "
         "(one per seat, in seat order) or write SEAT=NAME; one --model plays every seat (self-play)",
     )
+    add_backend_args(ro)
     ro.add_argument(
-        "--base-url",
-        action="append",
-        help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (vllm serve); repeat it for several "
-        "servers (least outstanding requests, one episode per server)",
+        "--episodes",
+        type=int,
+        required=True,
+        help="number of prompts (env seeds); each is played --samples-per-prompt times",
     )
-    ro.add_argument("--episodes", type=int, required=True, help="number of episodes")
+    ro.add_argument(
+        "--samples-per-prompt",
+        type=int,
+        default=1,
+        metavar="N",
+        help="play each prompt (the same env seed) N times: for pairs, pass@k and GRPO-style groups (default 1)",
+    )
     ro.add_argument("--concurrency", type=int, default=8, help="episodes in flight at once (default 8)")
     ro.add_argument(
         "--env-kwargs", default="{}", help="JSON object of env arguments, e.g. '{\"max_turns\": 3}'"
@@ -40,10 +47,7 @@ def add_parser(sub) -> None:
     ro.add_argument(
         "--overwrite", action="store_true", help="replace --out when it exists (its rows are lost)"
     )
-    ro.add_argument("--seed", type=int, default=0, help="episode i uses seed SEED+i (default 0)")
-    ro.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    ro.add_argument("--max-tokens", type=int, default=None, help="most tokens per assistant turn")
-    ro.add_argument("--api-key", default="EMPTY", help="API key for --base-url (default EMPTY)")
+    ro.add_argument("--seed", type=int, default=0, help="prompt i uses env seed SEED+i (default 0)")
     ro.add_argument("--no-progress", action="store_true", help="no progress bar")
     ro.add_argument(
         "--return-tokens",
@@ -70,6 +74,75 @@ def add_parser(sub) -> None:
     ro.set_defaults(run=lambda args: asyncio.run(_rollout(args)))
 
 
+def add_backend_args(parser: argparse.ArgumentParser) -> None:
+    """The options that say where a policy runs and how it samples (``rollout`` and ``eval`` share them)."""
+    parser.add_argument(
+        "--base-url",
+        action="append",
+        help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (vllm serve); repeat it for several "
+        "servers (least outstanding requests, one episode per server)",
+    )
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="most tokens per assistant turn")
+    parser.add_argument("--api-key", default="EMPTY", help="API key for --base-url (default EMPTY)")
+    parser.add_argument(
+        "--sampling-seed",
+        type=int,
+        default=None,
+        metavar="S",
+        help="make sampling reproducible where the backend allows: each request of a --base-url server gets "
+        "its own seed derived from S (vLLM honours it); a local model seeds torch with S (the same at "
+        "--concurrency 1). Default: unseeded",
+    )
+
+
+def build_policies(names: list[str], args: argparse.Namespace, load: bool = True) -> dict[str, Any]:
+    """Model name -> agent for each of ``names`` (``tiny``, a local path / hub name, or a server's model).
+
+    ``load=False`` only checks that local models can load (Ray workers load their own copy). A model that
+    cannot load is a ``UsageError``.
+    """
+    from aligngym.agents.factory import build_agent
+
+    extra = {"api_key": args.api_key} if args.base_url else {}
+    if args.base_url and getattr(args, "return_tokens", False):
+        extra["return_tokens"] = True
+    built: dict[str, Any] = {}
+    name = ""
+    try:
+        for name in dict.fromkeys(names):
+            if not load and not args.base_url:
+                _check_local_model(name)
+                continue
+            built[name] = build_agent(
+                name, args.base_url, temperature=args.temperature, max_tokens=args.max_tokens, **extra
+            )
+    except OSError as exc:  # transformers' "not a local folder or hub id" family
+        raise UsageError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
+    return built
+
+
+async def check_server(built: dict[str, Any], args: argparse.Namespace) -> None:
+    """With --base-url, fail fast (a ``UsageError``) when the server does not answer."""
+    from aligngym.agents.base import AgentError
+
+    if args.base_url and built:
+        try:
+            await next(iter(built.values())).check()
+        except AgentError as exc:
+            raise UsageError(str(exc)) from None
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """The numeric options ``rollout`` and ``eval`` share, each in its range."""
+    if args.concurrency < 1:
+        raise UsageError("--concurrency must be >= 1")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise UsageError("--max-tokens must be >= 1")
+    if args.sampling_seed is not None and args.sampling_seed < 0:
+        raise UsageError("--sampling-seed must be >= 0")
+
+
 def _check_out(args: argparse.Namespace, env_kwargs: dict[str, Any]) -> None:
     """Refuse an --out that would lose rows: an existing file needs --resume (same run) or --overwrite."""
     from pathlib import Path
@@ -89,7 +162,7 @@ def _check_out(args: argparse.Namespace, env_kwargs: dict[str, Any]) -> None:
         )
     if args.resume:
         try:
-            check_resumable(out, RunKey(args.env_id, args.seed, env_kwargs))
+            check_resumable(out, RunKey(args.env_id, args.seed, env_kwargs, args.samples_per_prompt))
         except TrajectoryFileError as exc:
             raise UsageError(str(exc)) from None
 
@@ -134,6 +207,8 @@ async def _rollout_on_ray(
         ray_address=args.ray_address,
         max_sandboxes=args.max_sandboxes,
         fail_fast=args.fail_fast,
+        samples_per_prompt=args.samples_per_prompt,
+        sampling_seed=args.sampling_seed,
     )
 
 
@@ -180,13 +255,16 @@ def _seat_models(env_id: str, env_kwargs: dict[str, Any], models: list[str]) -> 
 
 
 async def _rollout(args: argparse.Namespace) -> int:
-    from aligngym.agents.base import AgentError
-    from aligngym.agents.factory import build_agent
+    from aligngym.console import quiet_libraries
     from aligngym.rollout import RolloutAborted, rollout
 
+    quiet_libraries()
     env_kwargs = json_object(args.env_kwargs, "--env-kwargs")
-    if args.episodes < 0 or args.concurrency < 1 or args.fail_fast < 0:
-        raise UsageError("--episodes and --fail-fast must be >= 0 and --concurrency >= 1")
+    check_counts(args)
+    if args.episodes < 0 or args.fail_fast < 0:
+        raise UsageError("--episodes and --fail-fast must be >= 0")
+    if args.samples_per_prompt < 1:
+        raise UsageError("--samples-per-prompt must be >= 1")
     if args.max_sandboxes is not None and args.max_sandboxes < 1:
         raise UsageError("--max-sandboxes must be >= 1")
     if args.max_sandboxes is not None and not args.workers:
@@ -196,24 +274,11 @@ async def _rollout(args: argparse.Namespace) -> int:
     _check_out(args, env_kwargs)
     check_env(args.env_id, env_kwargs, args.seed)
     seat_models = _seat_models(args.env_id, env_kwargs, args.model)
-    extra = {"api_key": args.api_key, "return_tokens": args.return_tokens} if args.base_url else {}
-    built: dict[str, Any] = {}
+    names = list(seat_models.values()) if seat_models else args.model
+    # Ray workers load local models themselves; the driver need not hold a copy.
+    built = build_policies(names, args, load=not args.workers)
     try:
-        for name in dict.fromkeys(seat_models.values() if seat_models else args.model):
-            if args.workers and not args.base_url:
-                _check_local_model(name)  # each worker loads it; the driver need not hold a copy
-                continue
-            built[name] = build_agent(
-                name, args.base_url, temperature=args.temperature, max_tokens=args.max_tokens, **extra
-            )
-    except OSError as exc:  # transformers' "not a local folder or hub id" family
-        raise UsageError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
-    try:
-        if args.base_url:
-            try:
-                await next(iter(built.values())).check()
-            except AgentError as exc:
-                raise UsageError(str(exc)) from None
+        await check_server(built, args)
         if args.workers:
             summary = await _rollout_on_ray(args, env_kwargs, seat_models)
         else:
@@ -229,6 +294,8 @@ async def _rollout(args: argparse.Namespace) -> int:
                 resume=args.resume,
                 progress=not args.no_progress,
                 fail_fast=args.fail_fast,
+                samples_per_prompt=args.samples_per_prompt,
+                sampling_seed=args.sampling_seed,
             )
     except RolloutAborted as exc:
         print(f"aligngym: {exc} (rows written to {args.out})", file=sys.stderr)
@@ -236,11 +303,33 @@ async def _rollout(args: argparse.Namespace) -> int:
     finally:
         for policy in built.values():
             await policy.aclose()
-    print(
-        f"wrote {summary.written} episodes to {summary.path} "
-        f"(skipped {summary.skipped} already done, {summary.errors} errors, "
-        f"mean reward {summary.mean_reward:.4f}, {summary.episodes_per_s:.1f} episodes/s"
-        + (f", at most {summary.sandboxes_peak} sandboxes live" if summary.sandboxes_peak else "")
-        + ")"
-    )
+    _print_summary(args, summary)
     return 0
+
+
+def _print_summary(args: argparse.Namespace, summary) -> None:
+    """The run's figures and where its rows went, in the shared end-of-run style."""
+    from pathlib import Path
+
+    from aligngym.console import print_summary
+
+    groups = (
+        f" ({args.episodes} prompts x {args.samples_per_prompt} samples)"
+        if args.samples_per_prompt > 1
+        else ""
+    )
+    figures = [
+        ("mean reward", f"{summary.mean_reward:.4f} (episodes without error)"),
+        ("errors", f"{summary.errors} (recorded in the file with their error)"),
+        ("skipped", f"{summary.skipped} already done"),
+        ("speed", f"{summary.episodes_per_s:.1f} episodes/s"),
+    ]
+    if summary.sandboxes_peak:
+        figures.append(("sandboxes", f"at most {summary.sandboxes_peak} live"))
+    out = Path(summary.path)
+    print_summary(
+        f"wrote {summary.written} episodes{groups}",
+        figures,
+        where=out.parent,
+        files=[(out.name, "trajectories, one JSON row per episode (per seat in multi-agent envs)")],
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .common import UsageError, check_env
 
@@ -20,6 +21,11 @@ def add_parser(sub) -> None:
     )
     tr.add_argument("config", metavar="CONFIG.yaml", help="training config (see examples/quickstart.yaml)")
     tr.add_argument("--output-dir", help="overrides output_dir of the config")
+    tr.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print TRL's whole metrics dict at each logging step, and every library warning",
+    )
     tr.set_defaults(run=_cmd_train)
 
 
@@ -40,10 +46,13 @@ def _leave_process_group() -> bool:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import time
+
+    from aligngym.console import quiet_libraries
     from aligngym.envs.registry import UnknownEnvError, spec
     from aligngym.trainers.config import ConfigError, load_config
-    from aligngym.trainers.logging import quarter_means, read_metrics
 
+    quiet_libraries(verbose=args.verbose)
     try:
         config = load_config(args.config, output_dir=args.output_dir)
         spec(config.env)
@@ -51,28 +60,49 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except (ConfigError, UnknownEnvError) as exc:
         raise UsageError(str(exc)) from None
     from aligngym.trainers.run import train
+    from aligngym.trainers.train_console import VERBOSE
 
+    VERBOSE.set(args.verbose)
+    started = time.time()
     try:
         train(config)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     if not _leave_process_group():
         return 0  # another process of a multi-process launch: the main one reports
-    rows = [r for r in read_metrics(config.output_dir) if r.get("reward") is not None]
-    if len(rows) >= 4:
-        first, last = quarter_means(rows)
-        print(f"mean reward: first quarter {first:.4f} -> last quarter {last:.4f}")
-    print(f"{', '.join(_written(config.output_dir))} written to {config.output_dir}")
+    _summary(config, started)
     return 0
 
 
-def _written(output_dir: str) -> list[str]:
-    """The artifacts a training run left in ``output_dir``, as the user would name them."""
-    from pathlib import Path
+def _summary(config, started: float) -> None:
+    """The run's end: final reward (or loss), greedy score when measured, and every file it wrote."""
+    import time
 
-    from aligngym.trainers.logging import METRICS_FILE
+    from aligngym.console import format_duration, print_summary
+    from aligngym.trainers.held_out import HELD_OUT_FILE
+    from aligngym.trainers.logging import METRICS_FILE, read_metrics
+    from aligngym.trainers.train_console import (
+        describe,
+        final_figures,
+        held_out_figures,
+        round_figures,
+        written,
+    )
 
-    out = Path(output_dir)
-    names = [METRICS_FILE] if (out / METRICS_FILE).exists() else []
-    names += sorted(p.name for p in out.glob("*.png"))
-    return names + (["model"] if (out / "model").is_dir() else []) or ["nothing"]
+    out = config.output_dir
+    rows = read_metrics(out) if (Path(out) / METRICS_FILE).exists() else []
+    iterate = config.method == "iterate"
+    figures = round_figures(rows) if iterate else final_figures(rows)
+    figures += held_out_figures(Path(out) / HELD_OUT_FILE)
+    # Files older than the run are an earlier run's; the margin covers the filesystem clock's coarser steps.
+    names = written(out, since=started - 1.0)
+    files = [(n + "/" if (Path(out) / n).is_dir() else n, describe(n, iterate)) for n in names]
+    title = f"{config.method} on {config.env} finished in {format_duration(time.time() - started)}"
+    print_summary(title, figures, out, files)
+
+
+def _written(output_dir: str, since: float | None = None) -> list[str]:
+    """The artifacts a training run left in ``output_dir`` (since ``since``), as the user would name them."""
+    from aligngym.trainers.train_console import written
+
+    return written(output_dir, since) or ["nothing"]
