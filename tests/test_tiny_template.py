@@ -164,9 +164,14 @@ def test_trl_accepts_the_template_for_tool_calling_and_training(tok):
     ],
 )
 def test_trl_parses_a_scripted_reply_back_into_a_message(tok, reply, content, calls):
+    # Asked for as a dict on purpose: transformers 5.25 made that the default of tokenize=True, 5.24 returns a list.
     prompt = tok.apply_chat_template(
-        [{"role": "user", "content": "2+3*4?"}], tools=[calculator], add_generation_prompt=True
-    )
+        [{"role": "user", "content": "2+3*4?"}],
+        tools=[calculator],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )["input_ids"]
     parsed = parse_response(
         tok, tok(reply, add_special_tokens=False)["input_ids"], prefix=prompt, tools=[calculator]
     )
