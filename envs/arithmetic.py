@@ -13,6 +13,7 @@ from .base import StepResult, TextEnv
 _DIGITS = frozenset("0123456789")
 _INT = re.compile(r"[-+]?[0-9]+")  # ASCII digits only: \d also matches other scripts' digits
 SPLITS = ("all", "train", "test")
+NOTATIONS = ("decimal", "unary")
 
 
 def op_result(a: int, op: str, b: int) -> int:
@@ -59,7 +60,8 @@ class ArithmeticEnv(TextEnv):
     ``max_answer_chars`` keeps only the questions whose answer is that short (1: answers 0..9). ``split``
     ``"train"`` or ``"test"`` draws questions from one side of a fixed partition of those questions
     (``split_questions``, ``test_fraction`` of them held out), so a policy trained on one split can be scored
-    on questions it never saw; ``"all"`` (the default) draws from every question.
+    on questions it never saw; ``"all"`` (the default) draws from every question. ``notation="unary"`` writes
+    the operands as tally marks (``|||+||||=`` asks 3+4); the answer is still a decimal number.
     """
 
     success_component = "correct"
@@ -74,6 +76,7 @@ class ArithmeticEnv(TextEnv):
         max_answer_chars: int | None = None,
         split: str = "all",
         test_fraction: float = 0.2,
+        notation: str = "decimal",
         system_prompt: str | None = None,
         render_mode: str | None = None,
     ):
@@ -84,18 +87,21 @@ class ArithmeticEnv(TextEnv):
             raise ValueError(f"max_operand must be >= 1, got {max_operand}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+        if notation not in NOTATIONS:
+            raise ValueError(f"notation must be one of {', '.join(NOTATIONS)}; got {notation!r}")
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
         self.max_operand = max_operand
         self.operators = operators
         self.format_weight = format_weight
         self.split = split
+        self.notation = notation
         #: The questions drawn from, or None for every (a, op, b) drawn uniformly (cheaper, the original draw).
         self.questions: list[tuple] | None = None
         if split != "all" or max_answer_chars is not None:
             pool = all_questions(max_operand, operators, max_answer_chars)
             if len(pool) < 2:
-                raise ValueError(f"max_answer_chars={max_answer_chars} leaves {len(pool)} question(s); need 2")
+                raise ValueError(f"max_answer_chars={max_answer_chars} leaves {len(pool)} questions; need 2")
             self.questions = pool if split == "all" else split_questions(pool, test_fraction)[split]
         self.answer = 0
         extremes = [
@@ -112,6 +118,8 @@ class ArithmeticEnv(TextEnv):
             a, b = (int(x) for x in self.np_random.integers(0, self.max_operand + 1, size=2))
             op = self.operators[int(self.np_random.integers(0, len(self.operators)))]
         self.answer = op_result(a, op, b)
+        if self.notation == "unary":
+            return f"{'|' * a}{op}{'|' * b}=", {"answer": self.answer}
         return f"{a}{op}{b}=", {"answer": self.answer}
 
     def turn(self, action: str) -> StepResult:

@@ -62,3 +62,58 @@ def test_operators_and_validation():
     with pytest.raises(RuntimeError, match="reset"):
         env.step("1")  # the episode above is still open, so step once to finish it, then again
         env.step("1")
+
+
+def test_an_expression_equal_to_the_result_is_not_an_answer():
+    # The question echoed back ("5+9") evaluates to its own answer; a copying policy must not earn `correct`.
+    env = make(max_operand=9, format_weight=0.0)
+    for seed in range(20):
+        obs, info = env.reset(seed=seed)
+        a, b = obs.rstrip("=").split("+")
+        gold = info["answer"]
+        echoes = [f"{a}+{b}", f"{b}+{a}", f"{gold}+0", f"{gold}*1", f"\\boxed{{{a}+{b}}}", f"{gold}+x-x"]
+        for expression in echoes:
+            env.reset(seed=seed)
+            assert env.step(expression)[1] == 0.0, expression
+        for answer in [str(gold), f"The sum is {gold}.", f"{a}+{b}={gold}", f"0{gold}"]:
+            env.reset(seed=seed)
+            assert env.step(answer)[1] == 1.0, answer
+
+
+def test_split_holds_out_a_fixed_part_of_the_questions():
+    from aligngym.envs.arithmetic import all_questions, split_questions
+
+    questions = all_questions(9, "+")
+    split = split_questions(questions, 0.2)
+    assert len(split["test"]) == 20 and len(split["train"]) == 80
+    assert set(split["train"]) | set(split["test"]) == set(questions)
+    assert not set(split["train"]) & set(split["test"])
+    assert split_questions(list(reversed(questions)), 0.2)["test"] == sorted(split["test"], reverse=True)
+    seen = {}
+    for name in ("train", "test"):
+        env = make(max_operand=9, split=name)
+        seen[name] = {env.reset(seed=seed)[0] for seed in range(1500)}
+        # Every question of its side and no other.
+        assert seen[name] == {f"{a}{op}{b}=" for a, op, b in split[name]}
+    short = all_questions(9, "+", max_answer_chars=1)
+    assert len(short) == 55 and all(a + b <= 9 for a, _, b in short)
+
+
+def test_default_draw_is_unchanged_and_split_kwargs_are_checked():
+    import numpy as np
+
+    env = make(max_operand=7, operators="+*")
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        a, b = (int(x) for x in rng.integers(0, 8, size=2))
+        op = "+*"[int(rng.integers(0, 2))]
+        assert env.reset(seed=seed)[0] == f"{a}{op}{b}="  # seeds keep the questions they always had
+    with pytest.raises(ValueError, match="split"):
+        make(split="validation")
+    with pytest.raises(ValueError, match="test_fraction"):
+        make(split="test", test_fraction=1.0)
+    with pytest.raises(ValueError, match="max_answer_chars"):
+        make(max_operand=1, operators="*", max_answer_chars=0)
+    env = make(max_operand=9, max_answer_chars=1, format_weight=0.5)
+    env.reset(seed=0)
+    assert env.step("10")[4]["reward_components"]["format"] < 1.0  # longer than any answer of this env

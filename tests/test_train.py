@@ -11,9 +11,22 @@ import yaml
 from _helpers import run_cli
 
 from aligngym.trainers.config import ConfigError, TrainConfig, load_config
+from aligngym.trainers.held_out import (
+    GreedyScore,
+    HeldOut,
+    greedy_score,
+    held_out_seeds,
+    play_seeds,
+    prompts_of,
+    score,
+    summary_line,
+    write_held_out,
+)
 from aligngym.trainers.logging import quarter_means, read_metrics
+from aligngym.trajectory import Trajectory
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
+ARITH = "aligngym/Arithmetic-v0"
 
 
 def test_quickstart_config_loads():
@@ -156,8 +169,9 @@ def test_short_rloo_run_improves_reward(tmp_path):
         QUICKSTART, output_dir=str(tmp_path), method="rloo", max_steps=120, logging_steps=5, save_model=False
     )
     trainer = train(config)
+    g = config.num_generations
     assert trainer.scale_rewards == "none"
-    assert float(trainer.reward_weights[0]) == pytest.approx(8 / 7)
+    assert float(trainer.reward_weights[0]) == pytest.approx(g / (g - 1))
     first, last = quarter_means(read_metrics(tmp_path))
     assert last > first + 0.15, (first, last)
 
@@ -251,3 +265,93 @@ def test_two_training_processes_step_together_and_write_once(tmp_path):
     assert "process 1 of 2 finished" in result.stdout  # and the other ran to the end too
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]  # written by the main process only
     assert (out / "model" / "config.json").exists() and (out / "reward_curve.png").exists()
+
+
+# -- held-out greedy evaluation -------------------------------------------------------------------------
+def test_held_out_score_counts_success_failures_and_errors():
+    def traj(reward, success, error=None):
+        return Trajectory(env_id=ARITH, episode=0, seed=0, reward=reward, success=success, error=error)
+
+    got = score([traj(1.0, True), traj(0.0, False), traj(1.0, True), traj(0.0, None, error="boom")])
+    assert got == GreedyScore(episodes=4, accuracy=0.5, mean_reward=2 / 3, errors=1)  # an error is wrong
+    no_success = score([traj(0.3, None), traj(0.5, None)])  # an env without a success component
+    assert no_success.accuracy is None and no_success.mean_reward == pytest.approx(0.4)
+    line = summary_line(no_success, no_success)
+    assert line == "greedy mean reward on 2 held-out episodes: before 0.400 -> after 0.400"
+
+
+def test_held_out_questions_are_new_and_distinct():
+    kwargs = {"max_operand": 2}  # 9 questions; seeds 0..4 train on some of them
+    trained = prompts_of(ARITH, kwargs, range(5))
+    seeds = held_out_seeds(ARITH, kwargs, 5, 100, exclude=trained)
+    held = [next(iter(prompts_of(ARITH, kwargs, [s]))) for s in seeds]
+    assert min(seeds) >= 5 and len(set(held)) == len(held) == 9 - len(trained)  # all the others, once each
+    assert not set(held) & trained
+    assert held_out_seeds(ARITH, kwargs, 5, 2, exclude=trained) == seeds[:2]
+
+
+def test_held_out_of_a_config_uses_the_test_split_and_refuses_when_nothing_is_held_out():
+    config = TrainConfig(
+        env_kwargs={"max_operand": 4, "split": "train"},
+        eval_env_kwargs={"split": "test"},
+        num_prompts=50,
+        eval_episodes=10,
+    )
+    held_out = HeldOut(config)
+    assert len(held_out.seeds) == 5 and min(held_out.seeds) >= 50  # the test split has 5 questions
+    assert held_out.env_kwargs == {"max_operand": 4, "split": "test"}
+    with pytest.raises(ConfigError, match="every question"):
+        HeldOut(TrainConfig(env_kwargs={"max_operand": 2}, num_prompts=100, eval_episodes=5))
+    with pytest.raises(ConfigError, match="eval_episodes"):
+        TrainConfig(method="sft", top_k=1, data=str(QUICKSTART), eval_episodes=5).validate()
+    with pytest.raises(ConfigError, match="eval_episodes"):
+        TrainConfig(eval_episodes=-1).validate()
+
+
+def test_play_seeds_goes_through_the_episode_engine():
+    from _helpers import solve
+
+    from aligngym.agents.scripted import ScriptedAgent
+
+    kwargs = {"max_operand": 9, "split": "test"}
+    seeds = held_out_seeds(ARITH, kwargs, 0, 20, exclude=set())
+    right = play_seeds(ARITH, kwargs, ScriptedAgent(solve), seeds)
+    assert [t.seed for t in right] == seeds and all(t.success for t in right)
+    half = score(
+        play_seeds(
+            ARITH, kwargs, ScriptedAgent(lambda m: solve(m) if "+0" in m[0]["content"] else "?"), seeds
+        )
+    )
+    assert 0 < half.accuracy < 1 and half.errors == 0
+
+
+def test_greedy_score_of_the_tiny_policy_is_deterministic(tmp_path):
+    from aligngym.agents.tiny import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer("tiny")
+    model.train()
+    kwargs = {"max_operand": 9, "split": "test"}
+    seeds = held_out_seeds(ARITH, kwargs, 0, 20, exclude=set())
+    first = greedy_score(model, tokenizer, ARITH, kwargs, seeds, max_new_tokens=2)
+    assert first == greedy_score(model, tokenizer, ARITH, kwargs, seeds, max_new_tokens=2)
+    assert first.episodes == 20 and first.errors == 0 and first.accuracy is not None
+    assert model.training  # left as it was found
+    path = write_held_out(tmp_path, first, GreedyScore(20, 0.85, 0.85, 0))
+    data = json.loads(path.read_text())
+    assert data["after"] == {"episodes": 20, "accuracy": 0.85, "mean_reward": 0.85, "errors": 0}
+    assert set(data["before"]) == {"episodes", "accuracy", "mean_reward", "errors"}
+    line = summary_line(GreedyScore(20, 0.0, 0.0, 0), GreedyScore(20, 0.85, 0.85, 0))
+    assert line == "greedy accuracy on 20 held-out questions: before 0.0 % -> after 85.0 %"
+
+
+@pytest.mark.slow
+def test_quickstart_answers_held_out_questions(tmp_path):
+    """The issue's done-condition: the quickstart's greedy policy answers >= 80 % of held-out questions."""
+    out = tmp_path / "run"
+    result = run_cli("train", QUICKSTART, "--output-dir", out, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    held = json.loads((out / "held_out.json").read_text())
+    assert held["before"]["episodes"] == held["after"]["episodes"] == load_config(QUICKSTART).eval_episodes
+    assert held["after"]["accuracy"] >= 0.8, held
+    assert held["before"]["accuracy"] < held["after"]["accuracy"]
+    assert f"greedy accuracy on {held['after']['episodes']} held-out questions: before" in result.stdout

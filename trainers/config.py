@@ -67,8 +67,8 @@ class TrainConfig:
     vllm_mode: str = _key("colocate", "With use_vllm: 'server' or 'colocate'.", "online")
     eval_episodes: int = _key(
         0,
-        "Held-out questions (seeds from num_prompts on whose prompts are not trained on) answered greedily "
-        "before and after training; writes held_out.json (0: none).",
+        "Held-out questions (later seeds whose prompts are not trained on) answered greedily before and "
+        "after training; writes held_out.json (0: none).",
         "online",
     )
     eval_env_kwargs: dict[str, Any] = _key(
@@ -138,9 +138,11 @@ def _check_common(config: TrainConfig) -> None:
         raise ConfigError("resume: needs checkpoints; set save_steps > 0 as well")
     if not all(isinstance(m, dict) for m in (config.env_kwargs, config.eval_env_kwargs, config.trl)):
         raise ConfigError("env_kwargs, eval_env_kwargs and trl must be mappings")
-    if config.eval_episodes and config.method not in ("grpo", "rloo"):
-        # Held out means not trained on: only the online methods' training prompts (seeds 0..N-1) are known.
-        raise ConfigError(f"eval_episodes: held-out evaluation is for grpo and rloo, not {config.method}")
+    if config.eval_episodes and config.method in OFFLINE_METHODS:
+        # Held out means not trained on: only methods that play the env's seeds know which prompts they train on.
+        raise ConfigError(
+            f"eval_episodes: held-out evaluation is for grpo, rloo and iterate, not {config.method}"
+        )
 
 
 def _check_groups(config: TrainConfig) -> None:

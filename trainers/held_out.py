@@ -1,8 +1,8 @@
 """Greedy accuracy on held-out questions: the policy at temperature 0, before and after training.
 
-Held out means never trained on: the episodes are taken from seeds after the training ones (``num_prompts``
-on), with ``eval_env_kwargs`` over the env's kwargs (e.g. Arithmetic's ``split: test``), and an episode
-whose first prompt is one of the training prompts, or repeats an earlier held-out one, is skipped. They are
+Held out means never trained on: the episodes are taken from seeds after the ones training plays
+(``trained_seeds``), with ``eval_env_kwargs`` over the env's kwargs (e.g. Arithmetic's ``split: test``), and
+an episode whose first prompt is one of the training prompts, or repeats an earlier held-out one, is skipped. They are
 played through the shared episode engine (``run_episode``), so a held-out score is exactly what ``aligngym
 rollout`` would measure; accuracy counts ``Trajectory.success`` (the env's ``success_component``).
 """
@@ -88,13 +88,17 @@ def score(trajectories: Iterable[Trajectory]) -> GreedyScore:
     )
 
 
-async def _play(env_id: str, env_kwargs: dict[str, Any], agent: Any, seeds: list[int]) -> list[Trajectory]:
-    envs = EnvPool(env_id, env_kwargs)
-    try:
-        groups = await asyncio.gather(*(envs.play(agent, i, seed) for i, seed in enumerate(seeds)))
-    finally:
-        envs.close()
-    return [t for group in groups for t in group]
+def play_seeds(env_id: str, env_kwargs: dict[str, Any], agent: Any, seeds: list[int]) -> list[Trajectory]:
+    """Play the episodes of ``seeds`` at once with ``agent`` (one policy for every seat) through ``run_episode``."""
+
+    async def play() -> list[list[Trajectory]]:
+        envs = EnvPool(env_id, env_kwargs)
+        try:
+            return await asyncio.gather(*(envs.play(agent, i, seed) for i, seed in enumerate(seeds)))
+        finally:
+            envs.close()
+
+    return [t for group in run_sync(play()) for t in group]
 
 
 def greedy_score(
@@ -112,24 +116,43 @@ def greedy_score(
         name="greedy",
     )
     try:
-        return score(run_sync(_play(env_id, env_kwargs, agent, seeds)))
+        return score(play_seeds(env_id, env_kwargs, agent, seeds))
     finally:
         model.train(was_training)
+
+
+def trained_seeds(config: TrainConfig) -> range:
+    """The env seeds whose episodes a run trains on: GRPO's prompts, and iterate's rollouts as well."""
+    if config.method in ("grpo", "rloo"):
+        return range(config.num_prompts)
+    if config.method == "iterate":
+        online = config.num_prompts if config.inner_method in ("grpo", "rloo") else 0
+        return range(max(online, config.seed + config.episodes_per_round))
+    raise ConfigError(
+        f"eval_episodes: the prompts {config.method} trains on are not env seeds; use grpo, rloo or iterate"
+    )
+
+
+def prompts_of(env_id: str, env_kwargs: dict[str, Any], seeds: Iterable[int]) -> set[str]:
+    """The keys of the first prompts of the episodes ``seeds``."""
+    env = make(env_id, **env_kwargs)
+    env = getattr(env, "unwrapped", env)
+    try:
+        return {key for seed in seeds for key in first_prompts(env, seed)}
+    finally:
+        env.close()
 
 
 class HeldOut:
     """The held-out questions of one training run (``eval_episodes`` of them), scored greedily on demand."""
 
     def __init__(self, config: TrainConfig):
-        from .prompts import env_prompt_dataset
-
-        _, tasks, _ = env_prompt_dataset(config.env, config.env_kwargs, config.num_prompts)
+        trained = trained_seeds(config)
         self.env_id = config.env
         self.env_kwargs = {**config.env_kwargs, **config.eval_env_kwargs}
         self.max_new_tokens = config.max_new_tokens
-        self.seeds = held_out_seeds(
-            self.env_id, self.env_kwargs, config.num_prompts, config.eval_episodes, exclude=set(tasks)
-        )
+        exclude = prompts_of(config.env, config.env_kwargs, trained)
+        self.seeds = held_out_seeds(self.env_id, self.env_kwargs, trained.stop, config.eval_episodes, exclude)
         if not self.seeds:
             raise ConfigError(
                 f"eval_episodes: every question of {self.env_id} with eval_env_kwargs "

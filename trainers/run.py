@@ -32,6 +32,15 @@ def _sft(config, model, tokenizer):
 _METHODS = {"grpo": _grpo, "rloo": _grpo, "dpo": _dpo, "sft": _sft}
 
 
+def _train_policy(config: TrainConfig, model, tokenizer):
+    """Train ``model`` with the config's policy method; returns the (last) TRL trainer."""
+    if config.method == "iterate":
+        from .iterate import train_iterate
+
+        return train_iterate(config, model, tokenizer, _METHODS)
+    return _METHODS[config.method](config, model, tokenizer)
+
+
 def train(config: TrainConfig):
     """Run the training that ``config`` describes; returns the TRL trainer."""
     import numpy as np
@@ -57,12 +66,7 @@ def train(config: TrainConfig):
             raise ConfigError(f"model: cannot load {config.model!r}: {str(exc).splitlines()[0]}") from None
         held_out = HeldOut(config) if config.eval_episodes else None
         before = held_out.score(model, tokenizer) if held_out else None
-        if config.method == "iterate":
-            from .iterate import train_iterate
-
-            trainer = train_iterate(config, model, tokenizer, _METHODS)
-        else:
-            trainer = _METHODS[config.method](config, model, tokenizer)
+        trainer = _train_policy(config, model, tokenizer)
         if held_out:
             # Every process scores (a sharded model generates collectively); the main one reports.
             after = held_out.score(trainer.accelerator.unwrap_model(trainer.model), tokenizer)
