@@ -96,7 +96,7 @@ class ArithmeticEnv(TextEnv):
         self.format_weight = format_weight
         self.split = split
         self.notation = notation
-        #: The questions drawn from, or None for every (a, op, b) drawn uniformly (cheaper, the original draw).
+        #: The questions drawn from, or None: a, op and b drawn uniformly (the original draw, kept for seeds).
         self.questions: list[tuple] | None = None
         if split != "all" or max_answer_chars is not None:
             pool = all_questions(max_operand, operators, max_answer_chars)

@@ -117,3 +117,18 @@ def test_default_draw_is_unchanged_and_split_kwargs_are_checked():
     env = make(max_operand=9, max_answer_chars=1, format_weight=0.5)
     env.reset(seed=0)
     assert env.step("10")[4]["reward_components"]["format"] < 1.0  # longer than any answer of this env
+
+
+def test_unary_notation_asks_in_tally_marks_and_grades_the_number():
+    env = make(max_operand=9, notation="unary", format_weight=0.0)
+    for seed in range(10):
+        obs, info = env.reset(seed=seed)
+        a, b = obs.rstrip("=").split("+")
+        assert set(a + b) <= {"|"} and len(a) + len(b) == info["answer"]
+        for echo in [obs, obs.rstrip("="), "|" * info["answer"], f"{len(a)}+{len(b)}"]:
+            env.reset(seed=seed)
+            assert env.step(echo)[1] == 0.0, echo  # the question or its marks are not the answer
+        env.reset(seed=seed)
+        assert env.step(str(info["answer"]))[1] == 1.0
+    with pytest.raises(ValueError, match="notation"):
+        make(notation="roman")

@@ -139,7 +139,7 @@ def _check_common(config: TrainConfig) -> None:
     if not all(isinstance(m, dict) for m in (config.env_kwargs, config.eval_env_kwargs, config.trl)):
         raise ConfigError("env_kwargs, eval_env_kwargs and trl must be mappings")
     if config.eval_episodes and config.method in OFFLINE_METHODS:
-        # Held out means not trained on: only methods that play the env's seeds know which prompts they train on.
+        # Held out means not trained on: only methods that play env seeds know the prompts they train on.
         raise ConfigError(
             f"eval_episodes: held-out evaluation is for grpo, rloo and iterate, not {config.method}"
         )

@@ -2,9 +2,9 @@
 
 Held out means never trained on: the episodes are taken from seeds after the ones training plays
 (``trained_seeds``), with ``eval_env_kwargs`` over the env's kwargs (e.g. Arithmetic's ``split: test``), and
-an episode whose first prompt is one of the training prompts, or repeats an earlier held-out one, is skipped. They are
-played through the shared episode engine (``run_episode``), so a held-out score is exactly what ``aligngym
-rollout`` would measure; accuracy counts ``Trajectory.success`` (the env's ``success_component``).
+an episode whose first prompt is one of the training prompts, or repeats an earlier held-out one, is skipped.
+They are played through the shared episode engine (``run_episode``), so a held-out score is exactly what
+``aligngym rollout`` would measure; accuracy counts ``Trajectory.success`` (the env's ``success_component``).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def score(trajectories: Iterable[Trajectory]) -> GreedyScore:
 
 
 def play_seeds(env_id: str, env_kwargs: dict[str, Any], agent: Any, seeds: list[int]) -> list[Trajectory]:
-    """Play the episodes of ``seeds`` at once with ``agent`` (one policy for every seat) through ``run_episode``."""
+    """Play the episodes of ``seeds`` at once with ``agent`` (every seat's policy) via ``run_episode``."""
 
     async def play() -> list[list[Trajectory]]:
         envs = EnvPool(env_id, env_kwargs)
