@@ -120,16 +120,9 @@ def test_replays_that_no_longer_fit_are_flagged(env_id, tmp_path):
 
 
 def test_an_unchanged_env_replays_every_episode_alike(tmp_path):
-    from test_row_schema import TOOL_TASKS, ExpertToolCaller, _tool_tasks
+    from test_row_schema import TOOL_TASKS, ExpertToolCaller, write_tool_tasks
 
-    tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text(
-        "".join(
-            json.dumps({"id": t.id, "question": t.question, "answer": t.answer, "expert": list(t.expert)})
-            + "\n"
-            for t in _tool_tasks()
-        )
-    )
+    tasks = write_tool_tasks(tmp_path / "tasks.jsonl")
     tools = tmp_path / "tools.jsonl"  # native tool calls, replayed as tool_calls
     _rollout(
         "aligngym/ToolUse-v0",

@@ -67,15 +67,20 @@ def _assert_loads_together(files, tmp_path):
         assert [decode_row(r) for r in ds] == rows
 
 
-def test_rollouts_of_different_envs_load_together(tmp_path):
-    tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text(
+def write_tool_tasks(path):
+    """The ToolUse tasks (with their expert calls) as a tasks JSONL file for ``tasks=``; returns ``path``."""
+    path.write_text(
         "".join(
             json.dumps({"id": t.id, "question": t.question, "answer": t.answer, "expert": list(t.expert)})
             + "\n"
             for t in _tool_tasks()
         )
     )
+    return path
+
+
+def test_rollouts_of_different_envs_load_together(tmp_path):
+    tasks = write_tool_tasks(tmp_path / "tasks.jsonl")
 
     def flaky(messages):
         if messages[0]["content"] == "4+5=":  # seed 1

@@ -196,20 +196,27 @@ async def _rollout_on_ray(
     return await rollout_ray(
         args.env_id,
         agent_spec,
-        episodes=args.episodes,
-        out=args.out,
         workers=args.workers,
-        concurrency=args.concurrency,
-        env_kwargs=env_kwargs,
-        seed=args.seed,
-        resume=args.resume,
-        progress=not args.no_progress,
         ray_address=args.ray_address,
         max_sandboxes=args.max_sandboxes,
-        fail_fast=args.fail_fast,
-        samples_per_prompt=args.samples_per_prompt,
-        sampling_seed=args.sampling_seed,
+        **_run_options(args, env_kwargs),
     )
+
+
+def _run_options(args: argparse.Namespace, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments a local and a Ray rollout take alike."""
+    return {
+        "episodes": args.episodes,
+        "out": args.out,
+        "concurrency": args.concurrency,
+        "env_kwargs": env_kwargs,
+        "seed": args.seed,
+        "resume": args.resume,
+        "progress": not args.no_progress,
+        "fail_fast": args.fail_fast,
+        "samples_per_prompt": args.samples_per_prompt,
+        "sampling_seed": args.sampling_seed,
+    }
 
 
 def _check_local_model(name: str) -> None:
@@ -283,20 +290,7 @@ async def _rollout(args: argparse.Namespace) -> int:
             summary = await _rollout_on_ray(args, env_kwargs, seat_models)
         else:
             agent = {s: built[m] for s, m in seat_models.items()} if seat_models else built[args.model[0]]
-            summary = await rollout(
-                args.env_id,
-                agent,
-                episodes=args.episodes,
-                out=args.out,
-                concurrency=args.concurrency,
-                env_kwargs=env_kwargs,
-                seed=args.seed,
-                resume=args.resume,
-                progress=not args.no_progress,
-                fail_fast=args.fail_fast,
-                samples_per_prompt=args.samples_per_prompt,
-                sampling_seed=args.sampling_seed,
-            )
+            summary = await rollout(args.env_id, agent, **_run_options(args, env_kwargs))
     except RolloutAborted as exc:
         print(f"aligngym: {exc} (rows written to {args.out})", file=sys.stderr)
         return 1
