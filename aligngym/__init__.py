@@ -6,6 +6,7 @@ Importing ``aligngym`` registers every built-in environment under the ``aligngym
 
 from aligngym.envs import StepResult, TextEnv, TextSpace, make, register, registered
 
+from .conformance import check_conformance
 from .episode import run_episode
 from .rollout import RolloutSummary, play_episode, rollout
 from .trajectory import Trajectory, TrajectoryWriter, read_trajectories
@@ -20,6 +21,7 @@ __all__ = [
     "Trajectory",
     "TrajectoryWriter",
     "__version__",
+    "check_conformance",
     "make",
     "play_episode",
     "read_trajectories",

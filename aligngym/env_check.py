@@ -78,6 +78,8 @@ def check_env(env_id: str, env_kwargs: dict[str, Any], seed: int = 0) -> None:
         raise
     except (TypeError, ValueError) as exc:
         raise EnvArgsError(f"cannot create {env_id} with env kwargs {shown}: {exc}") from None
+    except ImportError as exc:  # an optional extra not installed: its message says what to pip install
+        raise EnvArgsError(f"cannot create {env_id}: {exc}") from None
     try:
         env.reset(seed=seed)
     except Exception as exc:

@@ -17,7 +17,8 @@ from typing import Any
 
 from aligngym.agents.base import Agent, AgentResponse, Message
 from aligngym.agents.seeding import derive_seed, seeded
-from aligngym.envs.registry import make
+from aligngym.envs.packages import distribution_of
+from aligngym.envs.registry import make, registered
 
 from .trajectory import Trajectory
 
@@ -46,10 +47,31 @@ async def run_episode(
     env_id = env_id or getattr(getattr(env, "spec", None), "id", None) or type(env).__name__
     ask = _Asker(sampling_seed)
     if hasattr(env, "possible_agents"):
-        return await _multi_agent(env, seat_agents(env, policy), env_id, episode, seed, on_turn, ask)
-    if isinstance(policy, Mapping):
+        trajs = await _multi_agent(env, seat_agents(env, policy), env_id, episode, seed, on_turn, ask)
+    elif isinstance(policy, Mapping):
         raise ValueError(f"{env_id} is single-agent: pass one agent, not a seat map")
-    return [await _single_agent(env, policy, env_id, episode, seed, on_turn, ask)]
+    else:
+        trajs = [await _single_agent(env, policy, env_id, episode, seed, on_turn, ask)]
+    origin = provenance(env, env_id)
+    for traj in trajs:
+        traj.env_package, traj.env_package_version, traj.aligngym_version = origin
+    return trajs
+
+
+def provenance(env: Any, env_id: str = "") -> tuple[str, str, str]:
+    """``(package, its version, aligngym's version)`` for ``env``'s rows: the distribution its class comes
+    from (so a built-in id that ran anything but aligngym's class shows it), else the package that declared
+    ``env_id``; ``""`` when neither is known."""
+    from aligngym import __version__
+
+    module = type(getattr(env, "unwrapped", env)).__module__
+    if module == "aligngym" or module.startswith("aligngym."):
+        return "aligngym", __version__, __version__
+    package, version = distribution_of(module)
+    entry = None if package else registered().get(env_id)
+    if entry is not None and entry.package:
+        package, version = entry.package, entry.package_version
+    return package, version, __version__
 
 
 class _Asker:

@@ -11,7 +11,9 @@ file had only nulls). So:
   none; ``tool_calls`` is the JSON text of the list);
 - a missing ``error``, ``agent`` or ``agent_id`` is ``""``, never null; ``success`` is a bool and
   ``success_defined`` says whether it means anything (false: the env has no notion of success, or the
-  episode failed).
+  episode failed);
+- ``env_package``, ``env_package_version`` and ``aligngym_version`` (which distribution the env came from,
+  and which aligngym ran it) are always there, ``""`` in rows written before they were recorded.
 
 ``decode_row`` turns any row (this format, the one before it, or an in-memory ``asdict``) back into Python
 values: dicts, ``None`` for what is missing, messages with only the keys they have. ``read_trajectories``
@@ -29,6 +31,8 @@ MESSAGE_KEYS = ("role", "content", "name", "tool_call_id", "tool_calls")
 _NONE_AS_EMPTY = ("error", "agent", "agent_id")
 #: Env-specific objects written as JSON text (their shapes differ from env to env).
 _JSON_TEXT = ("info", "env_kwargs")
+#: Where the env came from: text in every row, ``""`` when unknown (rows from before had none).
+PROVENANCE = ("env_package", "env_package_version", "aligngym_version")
 
 
 def _text(value: Any) -> str:
@@ -77,7 +81,7 @@ def encode_row(row: dict[str, Any]) -> dict[str, Any]:
             continue  # written last, always
         if key in _JSON_TEXT:
             out[key] = _text(value if value is not None else {})
-        elif key in _NONE_AS_EMPTY:
+        elif key in _NONE_AS_EMPTY or key in PROVENANCE:
             out[key] = "" if value is None else str(value)
         elif key == "messages":
             out[key] = [encode_message(m) for m in value or []]
@@ -94,6 +98,8 @@ def encode_row(row: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
     if "success" not in out:
         out["success"], out["success_defined"] = False, False
+    for key in PROVENANCE:
+        out.setdefault(key, "")
     out["tokens"] = "" if row.get("tokens") is None else _text(row["tokens"])
     return out
 
@@ -118,6 +124,8 @@ def decode_row(row: dict[str, Any]) -> dict[str, Any]:
         out["reward_components"] = {c["name"]: c["value"] for c in out["reward_components"]}
     if "messages" in out:
         out["messages"] = [decode_message(m) if isinstance(m, dict) else m for m in out["messages"] or []]
+    for key in PROVENANCE:
+        out.setdefault(key, "")
     if "success_defined" in out:
         defined = out.pop("success_defined")
         out["success"] = bool(out.get("success")) if defined else None
@@ -131,4 +139,5 @@ def decode_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def is_encoded(row: dict[str, Any]) -> bool:
     """Whether ``row`` is in this version's file form (else it comes from an earlier version)."""
-    return "success_defined" in row and isinstance(row.get("info"), str) and "samples_per_prompt" in row
+    has_columns = all(key in row for key in ("success_defined", "samples_per_prompt", *PROVENANCE))
+    return has_columns and isinstance(row.get("info"), str)

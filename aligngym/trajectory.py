@@ -47,6 +47,11 @@ class Trajectory:
     prompt_index: int | None = None
     sample_index: int | None = None
     samples_per_prompt: int = 1
+    #: Where the env's class comes from: its installed distribution and version (``"aligngym"`` for the
+    #: built-ins; ``""`` when no installed distribution provides its module), and the aligngym that ran it.
+    env_package: str = ""
+    env_package_version: str = ""
+    aligngym_version: str = ""
     #: Per assistant turn whose backend said them, the exact tokens: ``{"turn", "prompt_ids",
     #: "completion_ids", "logprobs"}`` (``turn`` 0-based; an unknown list is null). JSON text in the file
     #: (``""`` if none), as ``info`` and ``env_kwargs`` are: see ``aligngym.rows``.

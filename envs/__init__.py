@@ -30,3 +30,6 @@ register("aligngym/CritiqueRefine-v0", "aligngym.envs.model_feedback:CritiqueRef
 register("aligngym/Terminal-v0", "aligngym.envs.terminal:TerminalEnv")
 register("aligngym/TextWorld-v0", "aligngym.envs.textworld:TextWorldEnv")
 register("aligngym/ToolUse-v0", "aligngym.envs.tool_use:ToolUseEnv")
+register("aligngym/OpenEnv-v0", "aligngym.envs.openenv_env:OpenEnvEnv")
+register("aligngym/ReasoningGym-v0", "aligngym.envs.reasoning_gym:ReasoningGymEnv")
+register("aligngym/TextWorldGame-v0", "aligngym.envs.textworld_game:TextWorldGameEnv")

@@ -1,8 +1,13 @@
 """One registry for every aligngym environment, on top of Gymnasium's.
 
 Single-agent environments are registered with ``gymnasium.register`` so ``gym.make`` works; the table here
-adds what Gymnasium does not keep: a one-line description and the kind (single- or multi-agent). The
-description has one source, the entry point: its ``description`` attribute, else its docstring's first line.
+adds what Gymnasium does not keep: a one-line description, the kind (single- or multi-agent) and, for an env
+an installed package declares (``envs/packages.py``), that package. The description has one source, the
+entry point: its ``description`` attribute, else its docstring's first line.
+
+Importing this module registers the envs that installed packages declare as entry points (Gymnasium 1.x
+loads no plugins itself); none of their modules is imported before its env is made, and none can take a
+built-in id (docs/env-packages.md). ``ALIGNGYM_ENTRY_POINTS=0`` turns that off, for runs of built-ins only.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 import ast
 import difflib
 import functools
-import importlib.util
 import inspect
+import logging
 import math
 import numbers
+import os
 import sys
 import types
 import typing
@@ -24,7 +30,10 @@ from typing import Any
 
 import gymnasium as gym
 
+from .packages import GROUPS, EntryPointEnv, scan
+
 NAMESPACE = "aligngym"
+_log = logging.getLogger("aligngym.envs")
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,9 @@ class EnvEntry:
     entry_point: Callable[..., Any] | str
     multi_agent: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
+    #: The distribution that declared this id as an entry point, and its version ("" when code registered it).
+    package: str = ""
+    package_version: str = ""
 
     @functools.cached_property
     def description(self) -> str:
@@ -45,6 +57,8 @@ class EnvEntry:
                 written = _class_descriptions(module).get(name, "").strip()
                 if written:
                     return written
+                if self.package:  # a package's module is imported only to make its env, never to list it
+                    return _class_docstring(module, name)
         own = getattr(self._factory, "description", "")
         if isinstance(own, str) and own.strip():
             return own.strip()
@@ -54,7 +68,17 @@ class EnvEntry:
     @functools.cached_property
     def _factory(self) -> Callable[..., Any]:
         # Resolved on first use, so registering by "module:Class" imports nothing.
-        return _resolve(self.entry_point)
+        if not self.package:
+            return _resolve(self.entry_point)
+        try:
+            factory = _resolve(self.entry_point)
+        except Exception as exc:  # the package's bug, not ours: one line that names it
+            raise EnvPackageError(
+                f"{self.id}: cannot load {self.entry_point!r} from package {self.package} "
+                f"{self.package_version}: {type(exc).__name__}: {exc}"
+            ) from exc
+        _check_kind(self, factory)
+        return factory
 
     @functools.cached_property
     def _hints(self) -> dict[str, Any] | None:
@@ -69,20 +93,63 @@ class EnvEntry:
 _ENTRIES: dict[str, EnvEntry] = {}
 
 
+def _source_file(module: str) -> str | None:
+    """Where ``module``'s source is, found as ``import`` would find it but without running any package above
+    it that is not loaded yet (``importlib.util.find_spec`` imports the parents: a package's code)."""
+    parts = module.split(".")
+    found = None
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        if name in sys.modules:
+            found = getattr(sys.modules[name], "__spec__", None)
+            continue
+        locations = getattr(found, "submodule_search_locations", None)
+        if i and not locations:
+            return None
+        found = _find_spec(name, list(locations) if locations else None)
+        if found is None:
+            return None
+    return getattr(found, "origin", None)
+
+
+def _find_spec(name: str, locations: list[str] | None) -> Any:
+    # The import system's own search: each finder on sys.meta_path (editable installs add theirs), in order.
+    for finder in sys.meta_path:
+        try:
+            found = finder.find_spec(name, locations)  # type: ignore[attr-defined]
+        except Exception:  # a finder that cannot answer for this name
+            continue
+        if found is not None:
+            return found
+    return None
+
+
+@functools.cache
+def _class_nodes(module: str) -> dict[str, ast.ClassDef]:
+    """The top-level classes of ``module``'s source, by name (none when it is not a plain source module)."""
+    try:
+        tree = ast.parse(Path(_source_file(module)).read_text(encoding="utf-8"))  # type: ignore[arg-type]
+    except Exception:  # not a plain source module: the caller imports it instead
+        return {}
+    return {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+def _class_docstring(module: str, name: str) -> str:
+    """The first line of class ``name``'s docstring in ``module``'s source ("" when it has none)."""
+    node = _class_nodes(module).get(name)
+    doc = (ast.get_docstring(node) or "").strip() if node else ""
+    return doc.splitlines()[0] if doc else ""
+
+
 @functools.cache
 def _class_descriptions(module: str) -> dict[str, str]:
     """Class name -> the string literal its body assigns to ``description``, read from ``module``'s source.
 
     Only what the class itself writes as a literal; anything else (inherited, computed) is left to the import.
     """
-    try:
-        spec = importlib.util.find_spec(module)
-        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))  # type: ignore[union-attr, arg-type]
-    except Exception:  # not a plain source module: the caller imports it instead
-        return {}
     found = {}
-    for node in tree.body:
-        for stmt in node.body if isinstance(node, ast.ClassDef) else ():
+    for node in _class_nodes(module).values():
+        for stmt in node.body:
             target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else None
             value = getattr(stmt, "value", None)
             is_description = isinstance(target, ast.Name) and target.id == "description"
@@ -98,6 +165,14 @@ class UnknownEnvError(KeyError):
         return str(self.args[0])
 
 
+class EnvPackageError(UnknownEnvError):
+    """An id an installed package declares but cannot provide (refused, or its module does not load)."""
+
+
+#: Ids whose entry points were refused -> why, for the error ``make`` gives.
+_REFUSED: dict[str, str] = {}
+
+
 def register(
     id: str,
     entry_point: Callable[..., Any] | str,
@@ -108,6 +183,7 @@ def register(
     """Register an environment class (or ``"module:Class"``) under ``id``; ``kwargs`` become its defaults.
 
     ``aligngym envs`` shows the class's ``description`` (else its docstring's first line): write it there.
+    A built-in ``aligngym/`` id, once registered, cannot be registered again (``ValueError``).
     """
     if "/" not in id:
         raise ValueError(f"env id {id!r} needs a namespace, e.g. 'myproject/{id}'")
@@ -115,12 +191,81 @@ def register(
         raise TypeError(
             "register() takes no description: set the class's `description` attribute (or its docstring)"
         )
-    if multi_agent:
+    if id in _ENTRIES and _is_builtin(id):
+        # Code a package runs when its env is made must not swap a grader of ours for its own.
+        raise ValueError(
+            f"{id} is a built-in environment and cannot be replaced; register under your namespace"
+        )
+    _add(EnvEntry(id, entry_point, multi_agent, dict(kwargs)))
+
+
+def _add(entry: EnvEntry) -> None:
+    """Put ``entry`` in this table and in Gymnasium's (where ``gym.make`` reaches it)."""
+    if entry.multi_agent:
         # Gymnasium cannot build PettingZoo envs, but gym.make should say where to go, not "NameNotFound".
-        gym.register(id=id, entry_point=functools.partial(_not_a_gym_env, id), disable_env_checker=True)
+        creator: Any = functools.partial(_not_a_gym_env, entry.id)
     else:
-        gym.register(id=id, entry_point=entry_point, kwargs=kwargs, disable_env_checker=True)
-    _ENTRIES[id] = EnvEntry(id, entry_point, multi_agent, dict(kwargs))
+        creator = _PackageLoader(entry) if entry.package else entry.entry_point
+    gym.register(id=entry.id, entry_point=creator, kwargs=entry.kwargs, disable_env_checker=True)
+    _ENTRIES[entry.id] = entry
+
+
+def _is_builtin(id: str) -> bool:
+    return id.split("/")[0] == NAMESPACE
+
+
+class _PackageLoader:
+    """``gym.make``'s entry point for a package's env: imports it at the first make, naming the package if
+    that fails (a plain ``"module:Class"`` would give a bare ``ModuleNotFoundError``)."""
+
+    def __init__(self, entry: EnvEntry):
+        self.entry = entry
+
+    @property
+    def metadata(self) -> Any:
+        # gym.make reads the class's render modes before building; AttributeError (none) tells it to skip.
+        return self.entry._factory.metadata
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return self.entry._factory(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"{self.entry.entry_point} (package {self.entry.package} {self.entry.package_version})"
+
+
+def _check_kind(entry: EnvEntry, factory: Any) -> None:
+    """Raise ``EnvPackageError`` when a package declared a class in the group of the other kind."""
+    if not inspect.isclass(factory):
+        return  # a factory function: what it builds is checked when it is built
+    parallel = any(
+        k.__name__ == "ParallelEnv" and k.__module__.startswith("pettingzoo") for k in factory.__mro__
+    )
+    if parallel != entry.multi_agent:
+        wanted = next(g for g, multi in GROUPS.items() if multi == parallel)
+        kind = "a PettingZoo (multi-agent)" if parallel else "a Gymnasium (single-agent)"
+        raise EnvPackageError(
+            f"{entry.id}: package {entry.package} {entry.package_version} declares {entry.entry_point!r}, "
+            f"{kind} env, in the wrong entry-point group: declare it under {wanted!r}"
+        )
+
+
+def load_entry_points(paths: list[str] | None = None) -> list[str]:
+    """Register the envs that distributions on ``paths`` (default ``sys.path``) declare; returns the problems.
+
+    Each refused declaration is logged as one line (``aligngym.envs`` logger, warning) and remembered, so
+    making that id says why it is not there. Ids registered already (built-ins included) are never replaced.
+    """
+    found = scan(paths, taken=set(_ENTRIES) | set(gym.registry))
+    for env_id, problem in found.problems:
+        _log.warning("aligngym: warning: %s", problem)
+        _REFUSED.setdefault(env_id, problem)
+    for ep in found.envs:
+        _add(_entry_of(ep))
+    return [problem for _, problem in found.problems]
+
+
+def _entry_of(ep: EntryPointEnv) -> EnvEntry:
+    return EnvEntry(ep.id, ep.value, ep.multi_agent, package=ep.package, package_version=ep.version)
 
 
 def _not_a_gym_env(id: str, **_: Any) -> Any:
@@ -140,6 +285,8 @@ def spec(id: str) -> EnvEntry:
     try:
         return _ENTRIES[id]
     except KeyError:
+        if id in _REFUSED:
+            raise EnvPackageError(f"{id} is not available: {_REFUSED[id]}") from None
         close = difflib.get_close_matches(id, list(_ENTRIES), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UnknownEnvError(
@@ -226,4 +373,12 @@ def make(id: str, **kwargs: Any) -> Any:
     check_kwargs(id, kwargs)
     if entry.multi_agent:
         return entry._factory(**{**entry.kwargs, **kwargs})
+    theirs = gym.registry.get(id)
+    if _is_builtin(id) and (theirs is None or theirs.entry_point != entry.entry_point):
+        # Something wrote over Gymnasium's entry for a built-in id (gym.register bypasses ours): refuse.
+        raise EnvPackageError(f"{id}: Gymnasium's registry no longer points at aligngym's own environment")
     return gym.make(id, **kwargs)
+
+
+if os.environ.get("ALIGNGYM_ENTRY_POINTS", "1") != "0":
+    load_entry_points()

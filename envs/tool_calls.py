@@ -138,11 +138,15 @@ def validate_arguments(parameters: dict[str, Any], arguments: dict[str, Any]) ->
     for name in parameters.get("required", []):
         if name not in arguments:
             return f"missing required argument {name!r}"
+    # Extra arguments are refused unless the schema allows them (``additionalProperties``: true or a
+    # schema), as an MCP server's may; a function's schema never does.
+    extra = parameters.get("additionalProperties", False)
     for name, value in arguments.items():
-        if name not in properties:
+        if name not in properties and not extra:
             allowed = ", ".join(properties) or "none"
             return f"unexpected argument {name!r} (arguments: {allowed})"
-        problem = _type_problem(properties[name], value)
+        schema = properties.get(name, extra if isinstance(extra, dict) else {})
+        problem = _type_problem(schema, value)
         if problem:
             return f"argument {name!r} {problem}"
     return None

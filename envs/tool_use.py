@@ -15,6 +15,7 @@ from aligngym.feedback.verifier import Verifier
 
 from .base import Message, StepResult, TextEnv
 from .datasets import load_rows, pick_task
+from .mcp_tools import MCPServerSpec, MCPToolServers, refuse_collisions
 from .tool_calls import (
     MAX_CALLS,
     ToolCall,
@@ -89,7 +90,9 @@ class ToolUseEnv(TextEnv):
     ``sql`` (read-only) over a small company database, ``calculator`` and ``python`` (in a sandbox from the
     shared pool). ``tools=[fn, ...]`` adds plain typed, documented functions (their schema comes from the
     signature and docstring) and replaces a built-in of the same name; ``builtin_tools=False`` (or a list of
-    names) drops the built-ins.
+    names) drops the built-ins. ``mcp_servers=[{"command": ..., "args": [...]}, {"url": "http://..."}]`` adds
+    the tools of MCP servers (``envs/mcp_tools.py``, docs/mcp.md): started at construction, stopped by
+    ``close()``; a tool named like one of the env's tools or an answer tool is refused.
 
     Calls come as native OpenAI ``tool_calls`` (``accepts_messages``: ``turn`` gets the assistant message
     dict) or as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` text, several per message.
@@ -127,7 +130,9 @@ class ToolUseEnv(TextEnv):
         text_results: Literal["tool", "user"] = "tool",
         system_prompt: str | None = None,
         render_mode: str | None = None,
+        mcp_servers: Sequence[MCPServerSpec | Mapping[str, Any]] | None = None,
     ):
+        self._mcp: MCPToolServers | None = None
         super().__init__(max_turns=max_turns, system_prompt=system_prompt, render_mode=render_mode)
         if text_results not in ("tool", "user"):
             raise ValueError(f"text_results must be 'tool' or 'user', got {text_results!r}")
@@ -147,6 +152,8 @@ class ToolUseEnv(TextEnv):
             raise ValueError(f"two tools share a name: {names}")
         self.tools: dict[str, Tool] = {t.name: t for t in builtins if t.name not in names}
         self.tools.update((t.name, t) for t in extra)
+        if mcp_servers:
+            self._add_mcp_tools(mcp_servers)
         if not self.tools:
             raise ValueError("no tools: pass tools=[...] or keep builtin_tools")
         self.tool_schemas = [t.schema for t in self.tools.values()]
@@ -175,6 +182,30 @@ class ToolUseEnv(TextEnv):
             self._python = PythonTool(sandbox, timeout=timeout, sandbox_kwargs=dict(sandbox_kwargs or {}))
             fns["python"] = self._python.python
         return [Tool(fns[name]) for name in wanted]
+
+    def _add_mcp_tools(self, specs: Sequence[MCPServerSpec | Mapping[str, Any]]) -> None:
+        """Start the servers and offer their tools; on any refusal they are stopped before the error rises."""
+        self._mcp = MCPToolServers(specs)
+        try:
+            refuse_collisions(self._mcp.tools, taken=self.tools)
+        except BaseException:
+            self._mcp.close()
+            raise
+        self.tools.update((t.name, t) for t in self._mcp.tools)
+
+    def close(self) -> None:
+        """End an open episode, then stop the MCP servers (idempotent)."""
+        try:
+            super().close()
+        finally:
+            if self._mcp is not None:
+                self._mcp.close()
+
+    async def aclose(self) -> None:
+        """``close`` without blocking the event loop while MCP servers stop."""
+        if self._mcp is not None:
+            await asyncio.to_thread(self._mcp.close)
+        await super().aclose()
 
     # -- episode ------------------------------------------------------------------------------------
     def new_episode(self, options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:

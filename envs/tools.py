@@ -54,22 +54,19 @@ def clip(text: str, limit: int) -> str:
 
 
 class Tool:
-    """A callable the model may call by name; sync functions run in a worker thread, async ones are awaited."""
+    """A callable the model may call by name; sync functions run in a worker thread, async ones are awaited.
 
-    def __init__(self, fn: Callable[..., Any], max_chars: int = MAX_RESULT_CHARS):
+    The schema comes from ``fn``'s signature and docstring, or is given (``schema=``, an OpenAI function
+    schema) for a callable taking the arguments as keywords, e.g. a tool of an MCP server.
+    """
+
+    def __init__(
+        self, fn: Callable[..., Any], max_chars: int = MAX_RESULT_CHARS, schema: dict[str, Any] | None = None
+    ):
         if not callable(fn):
             raise TypeError(f"a tool must be callable, got {type(fn).__name__}")
-        from transformers.utils import get_json_schema  # imported on use: transformers is slow to import
-
-        try:
-            schema = get_json_schema(fn)
-        except Exception as exc:  # transformers raises its own parsing exceptions
-            raise ValueError(
-                f"cannot build a JSON schema for tool {getattr(fn, '__name__', fn)!r}: {exc} (a tool needs type "
-                "hints and a Google-style docstring with an Args: section)"
-            ) from exc
-        # "return" is a transformers extension that strict OpenAI-compatible servers reject.
-        schema["function"].pop("return", None)
+        if schema is None:
+            schema = _schema_of(fn)
         self.fn = fn
         self.schema: dict[str, Any] = schema
         self.max_chars = max_chars
@@ -113,6 +110,22 @@ class Tool:
 
     def __repr__(self) -> str:
         return f"Tool({self.signature()})"
+
+
+def _schema_of(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The OpenAI function schema of a typed function with a Google-style docstring."""
+    from transformers.utils import get_json_schema  # imported on use: transformers is slow to import
+
+    try:
+        schema = get_json_schema(fn)
+    except Exception as exc:  # transformers raises its own parsing exceptions
+        raise ValueError(
+            f"cannot build a JSON schema for tool {getattr(fn, '__name__', fn)!r}: {exc} (a tool needs type "
+            "hints and a Google-style docstring with an Args: section)"
+        ) from exc
+    # "return" is a transformers extension that strict OpenAI-compatible servers reject.
+    schema["function"].pop("return", None)
+    return schema
 
 
 def _as_text(value: Any) -> str:

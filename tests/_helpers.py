@@ -9,6 +9,39 @@ import sys
 
 import pytest
 
+#: Ids that cannot be built without a live server -> where they are checked instead.
+NEEDS_A_SERVER = {
+    "aligngym/OpenEnv-v0": "tests/test_openenv.py runs check_conformance against a live OpenEnv server",
+}
+#: Ids whose optional extra provides this module (``pip install -e ".[dev]"`` installs them all).
+EXTRA_MODULE = {"aligngym/ReasoningGym-v0": "reasoning_gym", "aligngym/TextWorldGame-v0": "textworld"}
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def standalone_ids() -> list:
+    """Registered ids that build here on their own, as pytest params; a missing extra is a visible skip."""
+    from aligngym.envs.registry import registered
+
+    params = []
+    for env_id in registered():
+        if env_id in NEEDS_A_SERVER:
+            continue
+        module = EXTRA_MODULE.get(env_id)
+        missing = module is not None and not _installed(module)
+        why = f"its extra is not installed ({module} missing): pip install -e '.[dev]'"
+        params.append(pytest.param(env_id, id=env_id, marks=pytest.mark.skipif(missing, reason=why)))
+    return params
+
+
+def installed_standalone_ids() -> list[str]:
+    """The ids of ``standalone_ids()`` whose extras are installed, for tests that loop over the registry."""
+    return [p.values[0] for p in standalone_ids() if not any(m.args[0] for m in p.marks)]
+
 
 def solve(messages):
     """The right answer to an Arithmetic-v0 prompt, parsed from our own prompt format."""

@@ -147,6 +147,18 @@ def test_bad_env_kwargs_stop_before_the_first_episode(capsys, tmp_path, kwargs, 
     assert not out.exists()
 
 
+def test_missing_optional_extra_is_one_line(capsys, tmp_path, monkeypatch):
+    """An env whose extra is not installed says what to pip install, exit 2, before any episode."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "reasoning_gym", None)  # as if `aligngym[reasoning-gym]` were absent
+    out = tmp_path / "r.jsonl"
+    args = ["rollout", "aligngym/ReasoningGym-v0", "--model", "tiny", "--episodes", "1", "--out", out]
+    code, err = _cli(capsys, *args)
+    _one_line_usage_error(code, err, "pip install 'aligngym[reasoning-gym]'")
+    assert not out.exists()
+
+
 def test_first_episodes_failing_alike_stop_the_run(tmp_path):
     class Broken(ScriptedAgent):
         async def act(self, messages, tools=None):

@@ -1,57 +1,103 @@
-"""One conformance test over every multi-agent env in the registry: PettingZoo's API test, seeding, close."""
+"""The public conformance check on multi-agent envs: the registry's pass (tests/test_registry_conformance.py);
+here, envs that break one property fail naming it."""
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 
+import gymnasium as gym
 import pytest
-from pettingzoo.test import parallel_api_test
 
 import aligngym
+from aligngym.envs import register, registry
+from aligngym.envs.multi_agent import MultiAgentTextEnv, RoundResult
 from aligngym.envs.registry import registered
-
-MULTI_AGENT = [i for i, e in registered().items() if e.multi_agent]
 
 
 def test_registry_has_multi_agent_envs():
-    assert "aligngym/Debate-v0" in MULTI_AGENT
+    assert "aligngym/Debate-v0" in [i for i, e in registered().items() if e.multi_agent]
 
 
-@pytest.mark.parametrize("env_id", MULTI_AGENT)
-def test_parallel_api(env_id):
-    env = aligngym.make(env_id)
-    parallel_api_test(env, num_cycles=50)
-    env.close()
+class Pair(MultiAgentTextEnv):
+    """Two seats each say the seeded number; two rounds (a sound env each broken one changes in one way)."""
+
+    def __init__(self):
+        super().__init__(["agent_0", "agent_1"], max_rounds=2)
+        self.number = 0
+
+    def new_episode(self, options):
+        self.number = int(self.np_random.integers(0, 1000))
+        return dict.fromkeys(self.possible_agents, f"Say {self.number}.")
+
+    async def play_round(self, actions):
+        right = {a: float(text.strip() == str(self.number)) for a, text in actions.items()}
+        return RoundResult(
+            observations=dict.fromkeys(actions, "Again."),
+            rewards=right,
+            components={a: {"correct": r} for a, r in right.items()},
+        )
 
 
-def _episode(env, seed):
-    obs, infos = env.reset(seed=seed)
-    trace = [obs]
-    replies = ["I think the answer is 7. <quote>It</quote> agent_0: 5 - fine", "(B) 12", "[leave]"]
-    turn = 0
-    while env.agents:
-        actions = {a: replies[(turn + i) % len(replies)] for i, a in enumerate(env.agents)}
-        obs, rewards, terms, truncs, infos = env.step(actions)
-        trace.append((obs, rewards, terms, truncs, {a: i["reward_components"] for a, i in infos.items()}))
-        turn += 1
-    return trace
+_ticks = itertools.count()
 
 
-@pytest.mark.parametrize("env_id", MULTI_AGENT)
-def test_same_seed_same_episode(env_id):
-    env = aligngym.make(env_id)
-    assert _episode(env, 3) == _episode(env, 3)
-    env.close()
-    env.close()
+class Unseeded(Pair):
+    """Draws its number from a counter, not from the seed."""
+
+    def new_episode(self, options):
+        self.number = next(_ticks)
+        return dict.fromkeys(self.possible_agents, f"Say {self.number}.")
 
 
-@pytest.mark.parametrize("env_id", MULTI_AGENT)
-def test_every_agent_gets_its_own_chat(env_id):
-    env = aligngym.make(env_id)
-    _, infos = env.reset(seed=0)
-    assert set(infos) == set(env.possible_agents)
-    actions = {a: f"message from {a}" for a in env.agents}
-    _, rewards, *_, infos = asyncio.run(env.astep(actions))
-    for agent, info in infos.items():
-        assert info["messages"][1] == {"role": "assistant", "content": f"message from {agent}"}
-        assert isinstance(rewards[agent], float)
+class OneChat(Pair):
+    """Shows every seat the first seat's chat."""
+
+    def _info(self, agent, extra, components):
+        return super()._info(self.possible_agents[0], extra, components)
+
+
+class ClosesOnce(Pair):
+    """Its second close raises."""
+
+    closed = False
+
+    def close(self):
+        if self.closed:
+            raise RuntimeError("already closed")
+        self.closed = True
+
+
+@pytest.fixture
+def scratch():
+    """``scratch(cls)`` registers ``cls`` as a multi-agent test id for this test only; returns the id."""
+    ids = []
+
+    def add(cls):
+        env_id = f"conformance-test/Multi{cls.__name__}-v0"
+        register(env_id, cls, multi_agent=True)
+        ids.append(env_id)
+        return env_id
+
+    yield add
+    for env_id in ids:
+        registry._ENTRIES.pop(env_id, None)
+        gym.registry.pop(env_id, None)
+
+
+def test_a_sound_multi_agent_env_passes(scratch):
+    aligngym.check_conformance(scratch(Pair))
+
+
+@pytest.mark.parametrize(
+    "cls, failed",
+    [
+        (Unseeded, "same seed (7), same episode: the same env reset again differs at step 0"),
+        (OneChat, "one chat per seat: agent_1's chat does not hold its own reply"),
+        (ClosesOnce, "close twice: RuntimeError: already closed"),
+    ],
+)
+def test_a_broken_multi_agent_env_fails_naming_the_property(scratch, cls, failed):
+    env_id = scratch(cls)
+    with pytest.raises(AssertionError) as caught:
+        aligngym.check_conformance(env_id)
+    assert str(caught.value).startswith(f"{env_id}: {failed}"), str(caught.value)

@@ -15,6 +15,7 @@ PUBLIC = {
         "Trajectory",
         "TrajectoryWriter",
         "__version__",
+        "check_conformance",
         "make",
         "play_episode",
         "read_trajectories",

@@ -1,65 +1,42 @@
-"""One conformance test over the whole registry: every env gets checked for free."""
+"""The public conformance check over the whole registry: every registered env is checked for free."""
 
 from __future__ import annotations
 
-import gymnasium as gym
+import inspect
+
 import pytest
-from gymnasium.utils.env_checker import check_env
+from _helpers import EXTRA_MODULE, NEEDS_A_SERVER, standalone_ids
 
 import aligngym
 from aligngym.envs.registry import registered
 
-SINGLE_AGENT = [i for i, e in registered().items() if not e.multi_agent]
-# Fixed replies so two runs with the same seed can be compared turn by turn.
-SCRIPTED_ACTIONS = ["42", "```python\ndef f(x):\n    return x\n```", "I do not know.", ""]
+
+def _kwargs(env_id: str) -> dict:
+    """Three turns where the env takes ``max_turns``, so the same-seed check also covers a multi-turn episode."""
+    entry = registered()[env_id]
+    if entry.multi_agent:
+        return {}
+    return {"max_turns": 3} if "max_turns" in inspect.signature(entry._factory).parameters else {}
 
 
 def test_registry_is_populated_on_import():
     assert "aligngym/CodeExec-v0" in aligngym.registered()
     assert "aligngym/Arithmetic-v0" in aligngym.registered()
+    assert any(e.multi_agent for e in registered().values()) and any(
+        not e.multi_agent for e in registered().values()
+    )
     for entry in registered().values():
         assert entry.description, f"{entry.id} has no description for `aligngym envs`"
 
 
-def _episode(env, seed):
-    obs, info = env.reset(seed=seed)
-    trace = [(obs, info["messages"])]
-    for action in SCRIPTED_ACTIONS:
-        obs, reward, terminated, truncated, info = env.step(action)
-        assert isinstance(obs, str) and isinstance(info["messages"], list)
-        assert isinstance(info["reward_components"], dict)
-        trace.append((obs, reward, terminated, truncated, info["reward_components"]))
-        if terminated or truncated:
-            break
-    return trace
+def test_every_exclusion_names_a_registered_id():
+    # A renamed or removed id must not leave a stale exclusion that would hide its successor.
+    assert set(NEEDS_A_SERVER) | set(EXTRA_MODULE) <= set(registered())
 
 
-@pytest.mark.parametrize("env_id", SINGLE_AGENT)
-def test_check_env(env_id):
-    env = gym.make(env_id)
-    check_env(env.unwrapped, skip_render_check=True)
-    env.close()
-
-
-@pytest.mark.parametrize("env_id", SINGLE_AGENT)
-def test_same_seed_same_episode(env_id):
-    env = gym.make(env_id, max_turns=3)
-    first = _episode(env, seed=7)
-    second = _episode(env, seed=7)
-    assert first == second
-    assert env.observation_space.contains(first[0][0])
-    env.close()
-    env.close()  # closing twice is harmless
-
-
-@pytest.mark.parametrize("env_id", SINGLE_AGENT)
-def test_text_spaces_accept_any_unicode(env_id):
-    env = gym.make(env_id)
-    text = "Hello, world! ¿Qué tal? 你好 — naïve café ✓\n\tend"
-    assert env.observation_space.contains(text)
-    assert env.action_space.contains(text)
-    assert not env.action_space.contains(b"bytes")
-    env.close()
+@pytest.mark.parametrize("env_id", standalone_ids())
+def test_conformance(env_id):
+    aligngym.check_conformance(env_id, _kwargs(env_id))
 
 
 def test_readme_registration_example_runs():

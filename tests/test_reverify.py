@@ -8,7 +8,7 @@ import json
 
 import gymnasium as gym
 import pytest
-from _helpers import solve
+from _helpers import installed_standalone_ids, solve
 
 import aligngym
 from aligngym.agents.scripted import ReplayAgent, ScriptedAgent
@@ -192,7 +192,7 @@ def test_cli_reverify(env_id, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_every_registered_env_replays_its_episodes_alike(tmp_path):
-    for env_id in registry.registered():
+    for env_id in installed_standalone_ids():
         path = tmp_path / f"{env_id.replace('/', '_')}.jsonl"
         _rollout(env_id, ScriptedAgent(["Answer: 4", "ok"]), path, episodes=2)
         report = asyncio.run(reverify(path, tmp_path / "new.jsonl"))

@@ -8,14 +8,13 @@ import json
 
 import datasets
 import pytest
-from _helpers import solve
+from _helpers import installed_standalone_ids, solve
 
 import aligngym
 from aligngym.agents.base import AgentResponse
 from aligngym.agents.scripted import ScriptedAgent
-from aligngym.envs.registry import registered
 from aligngym.envs.tool_use import load_tasks
-from aligngym.rows import decode_row, encode_row
+from aligngym.rows import PROVENANCE, decode_row, encode_row
 from aligngym.trajectory import Trajectory, TrajectoryWriter, read_trajectories
 
 TOOL_TASKS = ("search-07", "sql-03", "calc-09")
@@ -116,7 +115,7 @@ def _tool_tasks():
 def test_rows_of_every_registered_env_load_together(tmp_path):
     files = [
         _roll(tmp_path, env_id.replace("/", "_"), env_id, ScriptedAgent(["Answer: 4"]))
-        for env_id in registered()
+        for env_id in installed_standalone_ids()
     ]
     assert all(read_trajectories(f) for f in files)
     _assert_loads_together(files, tmp_path)
@@ -152,6 +151,9 @@ def _full_trajectory(**overrides) -> Trajectory:
         success=True,
         samples_per_prompt=2,
         tokens=[{"turn": 0, "prompt_ids": [1], "completion_ids": [2, 3], "logprobs": None}],
+        env_package="x-envs",
+        env_package_version="2.0",
+        aligngym_version="0.1.0",
     )
     for key, value in overrides.items():
         setattr(traj, key, value)
@@ -175,6 +177,7 @@ def test_missing_values_are_typed_empties_not_nulls():
     row = json.loads(Trajectory(env_id="x/Y-v0", episode=0, seed=0).to_json())
     assert (row["error"], row["agent"], row["agent_id"], row["tokens"]) == ("", "", "", "")
     assert (row["success"], row["success_defined"], row["reward"]) == (False, False, 0.0)
+    assert (row["env_package"], row["env_package_version"], row["aligngym_version"]) == ("", "", "")
     back = Trajectory.from_dict(row)
     assert (back.error, back.agent, back.agent_id, back.tokens, back.success) == (
         None,
@@ -214,6 +217,7 @@ def test_rows_of_the_previous_format_still_read_and_resume_rewrites_them(tmp_pat
     (row,) = read_trajectories(path)
     assert row["info"] == {"answer": 3, "turn": 1} and row["reward_components"]["correct"] == 1.0
     assert (row["prompt_index"], row["sample_index"], row["samples_per_prompt"]) == (3, 0, 1)
+    assert (row["env_package"], row["env_package_version"], row["aligngym_version"]) == ("", "", "")
     traj = Trajectory.from_dict(LEGACY)
     assert traj.success is True and traj.error is None and traj.messages == LEGACY["messages"]
     with TrajectoryWriter(path, resume=True) as writer:
@@ -221,4 +225,22 @@ def test_rows_of_the_previous_format_still_read_and_resume_rewrites_them(tmp_pat
         writer.write(Trajectory(env_id="aligngym/Arithmetic-v0", episode=4, seed=4))
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [isinstance(r["info"], str) for r in lines] == [True, True]  # one format in the file
+    assert [r["aligngym_version"] for r in lines] == ["", ""]
     assert read_trajectories(path)[0] == row
+
+
+def test_rows_record_the_env_package_and_a_file_from_before_is_rewritten_on_resume(tmp_path):
+    path = _roll(tmp_path, "arith", "aligngym/Arithmetic-v0", ScriptedAgent(["4"]), episodes=1)
+    (row,) = read_trajectories(path)
+    assert (row["env_package"], row["env_package_version"]) == ("aligngym", aligngym.__version__)
+    assert row["aligngym_version"] == aligngym.__version__
+    # The format just before these columns: resuming it adds them ("" = unknown) so the file has one schema.
+    before = {k: v for k, v in json.loads(path.read_text()).items() if k not in PROVENANCE}
+    path.write_text(json.dumps(before) + "\n")
+    assert read_trajectories(path)[0]["env_package"] == ""
+    with TrajectoryWriter(path, resume=True) as writer:
+        writer.write(Trajectory(env_id="aligngym/Arithmetic-v0", episode=1, seed=1, env_package="aligngym"))
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["env_package"] for r in lines] == ["", "aligngym"]
+    assert all(list(r)[-4:] == [*PROVENANCE, "tokens"] for r in lines)  # same columns, same order
+    _load([path], tmp_path)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from .common import EXIT_USAGE, UsageError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-_COMMANDS = ("envs", "rollout", "eval", "pairs", "sandbox", "train", "view")
+_COMMANDS = ("envs", "init", "rollout", "eval", "pairs", "sandbox", "train", "view", "serve")
 
 
 def _parser() -> argparse.ArgumentParser:

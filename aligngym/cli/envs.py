@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import re
+
+# A package's description is its author's text: control characters (ANSI escapes, carriage returns) could
+# redraw the terminal and pass one env off as another.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def add_parser(sub) -> None:
@@ -17,5 +22,8 @@ def _cmd_envs(_: argparse.Namespace) -> int:
     width = max((len(i) for i in entries), default=0)
     for env_id, entry in entries.items():
         kind = "multi-agent" if entry.multi_agent else "single-agent"
-        print(f"{env_id:<{width}}  {kind:<12}  {entry.description}")
+        line = f"{env_id:<{width}}  {kind:<12}  {entry.description}"
+        if entry.package:
+            line += f"  [package {entry.package} {entry.package_version}]"
+        print(_CONTROL.sub("?", line))
     return 0
