@@ -29,7 +29,7 @@ from .base import StepResult, TextEnv
 
 # textworld parses game files with one shared TatSu parser that is not thread-safe (two games loading at once
 # fail with "pop from empty list"), and loads run in worker threads: every call into textworld holds this.
-_TEXTWORLD_LOCK = threading.Lock()
+_TEXTWORLD_LOCK = threading.RLock()  # re-entered: a reset that switches games closes the old one
 
 INSTALL_HINT = "pip install 'aligngym[textworld]'"
 #: Longest command sent (the Z-machine's input buffer is about this long; the game's own are far shorter).
