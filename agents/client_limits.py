@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -43,12 +42,14 @@ class _LimitedStream(httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         received = 0
         chunks = self.inner.__aiter__()
+        loop = asyncio.get_running_loop()
         while True:
-            remaining = self.deadline - time.monotonic()
             try:
-                if remaining <= 0:
+                if loop.time() >= self.deadline:  # a chunk already buffered must not slip past the deadline
                     raise TimeoutError
-                chunk = await asyncio.wait_for(chunks.__anext__(), remaining)
+                # A timer on this task, not wait_for: that starts a task per read.
+                async with asyncio.timeout_at(self.deadline):
+                    chunk = await chunks.__anext__()
             except StopAsyncIteration:
                 return
             except TimeoutError:
@@ -74,9 +75,10 @@ class LimitedTransport(httpx.AsyncBaseTransport):
         self.inner = httpx.AsyncHTTPTransport(**transport_kwargs)
 
     async def handle_async_request(self, request: Any) -> Any:
-        deadline = time.monotonic() + self.deadline_s
+        deadline = asyncio.get_running_loop().time() + self.deadline_s
         try:
-            response = await asyncio.wait_for(self.inner.handle_async_request(request), self.deadline_s)
+            async with asyncio.timeout_at(deadline):
+                response = await self.inner.handle_async_request(request)
         except TimeoutError:
             raise httpx.ReadTimeout(
                 f"no reply headers within the {self.deadline_s:g}s deadline", request=request

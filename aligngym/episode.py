@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aligngym.agents.base import Agent, AgentResponse, Message
-from aligngym.agents.seeding import derive_seed, seeded
+from aligngym.agents.seeding import derive_seed, request_seed, seeded
 from aligngym.envs.packages import distribution_of
 from aligngym.envs.registry import make, registered
 
@@ -83,9 +83,16 @@ class _Asker:
     async def __call__(
         self, agent: Agent, messages: list[Message], tools: Any = None, seat: str = "", turn: int = 0
     ) -> AgentResponse:
+        if self.sampling_seed is None and request_seed() is None:  # no seed to set or to hide (most runs)
+            return await _act(agent, messages, tools)
         seed = None if self.sampling_seed is None else derive_seed(self.sampling_seed, seat, turn)
         with seeded(seed):
-            return await (agent.act(messages, tools=tools) if tools else agent.act(messages))
+            return await _act(agent, messages, tools)
+
+
+def _act(agent: Agent, messages: list[Message], tools: Any) -> Any:
+    """``agent.act``'s awaitable; ``tools`` only when there are some (agents without tool support work)."""
+    return agent.act(messages, tools=tools) if tools else agent.act(messages)
 
 
 async def _single_agent(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .rows import decode_row, encode_row, is_encoded
+from .rows import RowIdentity, decode_row, encode_row, is_encoded, row_identity
 
 if TYPE_CHECKING:
     from aligngym.agents.base import AgentResponse
@@ -153,73 +154,166 @@ def read_trajectories(path: str | Path) -> list[dict[str, Any]]:
 
     Raises ``TrajectoryFileError`` when a line before the last is not a JSON object with an ``episode``.
     """
-    rows, _ = _scan(Path(path))
-    decoded = []
-    for lineno, row in enumerate(rows, 1):
-        try:
-            decoded.append(decode_row(row))
-        except (
-            ValueError,
-            KeyError,
-            TypeError,
-            AttributeError,
-        ) as exc:  # a field in no form rows are written in
-            raise TrajectoryFileError(
-                f"{str(path)!r} line {lineno}: a field cannot be read ({type(exc).__name__}: {exc}); "
-                "is it the output of `aligngym rollout`?"
-            ) from None
-    return decoded
+    path = Path(path)
+    return [_decoded(path, lineno, _parsed(path, lineno, raw)) for lineno, raw, _ in _lines(path)]
 
 
 def check_resumable(path: str | Path, run: RunKey) -> None:
     """Raise ``TrajectoryFileError`` unless every row of ``path`` (if it exists) was written by ``run``."""
-    for row in read_trajectories(path):
-        why = run.mismatch(row)
-        if why is not None:
-            raise TrajectoryFileError(
-                f"cannot resume {str(path)!r}: episode {row['episode']} was written with {why}; "
-                "resume with the same settings, or write to another --out"
-            )
+    for _ in _keys(Path(path), run):
+        pass
 
 
-def _complete_episodes(rows: list[dict[str, Any]]) -> dict[int, int]:
-    """Episode index -> row count, for episodes that have a row for every seat."""
-    counts: dict[int, int] = {}
-    seats: dict[int, int] = {}
-    for row in rows:
-        episode = int(row["episode"])
-        counts[episode] = counts.get(episode, 0) + 1
-        seats[episode] = int(row.get("num_agents", 1))
-    return {e: n for e, n in counts.items() if n >= seats[e]}
-
-
-def _scan(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Complete rows and the byte offset just past the last complete row."""
-    rows: list[dict[str, Any]] = []
-    good_end = 0
+def _lines(path: Path) -> Iterator[tuple[int, bytes, int]]:
+    """Each complete line: its number, its bytes and the offset just past it (a torn last line is left out)."""
     if not path.exists():
-        return rows, 0
+        return
     if path.is_dir():
         raise TrajectoryFileError(f"{str(path)!r} is a directory, not a trajectory JSONL file")
     with path.open("rb") as fh:
-        offset = 0
+        end = 0
         for lineno, raw in enumerate(fh, 1):
-            offset += len(raw)
             if not raw.endswith(b"\n"):
-                break  # a line without its newline was cut by a crash mid-write
-            try:
-                row = json.loads(raw)
-            except ValueError:
-                row = None
-            if not isinstance(row, dict) or not isinstance(row.get("episode"), int):
-                # Each write ends with its newline, so a whole bad line is not a torn write: another file.
-                raise TrajectoryFileError(
-                    f"{str(path)!r} line {lineno} is not a trajectory row (a JSON object with an 'episode'); "
-                    "is it the output of `aligngym rollout`?"
-                )
-            rows.append(row)
-            good_end = offset
-    return rows, good_end
+                return  # a line without its newline was cut by a crash mid-write
+            end += len(raw)
+            yield lineno, raw, end
+
+
+def _parsed(path: Path, lineno: int, raw: bytes) -> dict[str, Any]:
+    """A line's JSON object, which must have an int ``episode``."""
+    try:
+        row = json.loads(raw)
+    except ValueError:
+        row = None
+    if not isinstance(row, dict) or not isinstance(row.get("episode"), int):
+        # Each write ends with its newline, so a whole bad line is not a torn write: another file.
+        raise TrajectoryFileError(
+            f"{str(path)!r} line {lineno} is not a trajectory row (a JSON object with an 'episode'); "
+            "is it the output of `aligngym rollout`?"
+        )
+    return row
+
+
+def _decoded(path: Path, lineno: int, row: dict[str, Any]) -> dict[str, Any]:
+    """``decode_row(row)``, or a ``TrajectoryFileError`` naming the line."""
+    try:
+        return decode_row(row)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a field in no form rows are written in
+        raise TrajectoryFileError(
+            f"{str(path)!r} line {lineno}: a field cannot be read ({type(exc).__name__}: {exc}); "
+            "is it the output of `aligngym rollout`?"
+        ) from None
+
+
+def _identity(raw: bytes) -> RowIdentity | None:
+    """A line's identity when it is in the writer's own layout (read without parsing it), else ``None``."""
+    try:
+        return row_identity(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None  # json.loads decides: it takes some bytes that strict UTF-8 refuses
+
+
+class _Key(NamedTuple):
+    """What resume keeps of a row: its episode, how many seats (rows) it has, whether it is in this form."""
+
+    episode: int
+    num_agents: int
+    encoded: bool
+
+
+def _keys(path: Path, run: RunKey | None) -> Iterator[tuple[_Key, int]]:
+    """Each complete row's key and the offset past it; ``TrajectoryFileError`` for a row of another run.
+
+    A line in the writer's own layout is read by ``row_identity`` (no JSON parsing of its messages); any
+    other line (an earlier version's, a foreign or hand-edited one) is parsed and decoded in full.
+    """
+    checked: tuple[Any, ...] | None = None  # the run fields last found to be this run's: rows repeat them
+    for lineno, raw, end in _lines(path):
+        identity = _identity(raw)
+        if identity is None:
+            row = _parsed(path, lineno, raw)
+            decoded = _decoded(path, lineno, row)
+            if run is not None:
+                _refuse_other_run(path, run, decoded)
+            yield _Key(int(row["episode"]), _seats(path, lineno, row), is_encoded(row)), end
+            continue
+        if run is not None:
+            fields = _run_fields(identity, run)
+            if fields != checked:
+                _refuse_other_run(path, run, _decoded(path, lineno, identity._asdict()))
+                checked = fields
+        yield _Key(identity.episode, identity.num_agents, True), end
+
+
+def _run_fields(identity: RowIdentity, run: RunKey) -> tuple[Any, ...]:
+    """What ``RunKey.mismatch`` reads of a row, the episode folded into the seed: equal tuples, same verdict."""
+    seed = identity.seed
+    offset = None if seed is None else seed - identity.episode // run.samples_per_prompt
+    return identity.env_id, identity.samples_per_prompt, offset, identity.env_kwargs
+
+
+def _refuse_other_run(path: Path, run: RunKey, row: dict[str, Any]) -> None:
+    why = run.mismatch(row)
+    if why is not None:
+        raise TrajectoryFileError(
+            f"cannot resume {str(path)!r}: episode {row['episode']} was written with {why}; "
+            "resume with the same settings, or write to another --out"
+        )
+
+
+def _seats(path: Path, lineno: int, row: dict[str, Any]) -> int:
+    try:
+        return int(row.get("num_agents", 1))
+    except (ValueError, TypeError) as exc:
+        raise TrajectoryFileError(f"{str(path)!r} line {lineno}: num_agents cannot be read ({exc})") from None
+
+
+@dataclass
+class _Finished:
+    """What resuming a file found: its complete episodes, and how the file must change to hold only them."""
+
+    done: set[int] = field(default_factory=set)
+    #: Where the rows to drop (a torn last line, the rows of an episode cut mid-write) begin when they are all
+    #: at the end, so that cutting the file there drops them; ``None`` when some are not.
+    keep: int | None = 0
+    #: Whether every row is in this version's form (if not, the file is rewritten in it).
+    encoded: bool = True
+
+
+def _finished(path: Path, run: RunKey | None) -> _Finished:
+    """Read ``path`` once, keeping per episode only its row count: an episode is complete with a row per seat."""
+    found = _Finished()
+    # Most episodes are one row for one seat: they go straight into ``done``. Others are counted (the seats
+    # an episode has are what its last row says).
+    rows: dict[int, int] = {}
+    seats: dict[int, int] = {}
+    last, last_start, last_rows = (
+        None,
+        0,
+        0,
+    )  # the episode of the final run of consecutive rows, where it starts
+    end = 0
+    for key, line_end in _keys(path, run):
+        found.encoded = found.encoded and key.encoded
+        if key.episode == last:
+            last_rows += 1
+        else:
+            last, last_start, last_rows = key.episode, end, 1
+        end = line_end
+        episode = key.episode
+        if key.num_agents == 1 and episode not in rows and episode not in found.done:
+            found.done.add(episode)
+            continue
+        if episode in found.done:  # a second row of an episode counted as one row for one seat
+            found.done.discard(episode)
+            rows[episode] = seats[episode] = 1
+        rows[episode] = rows.get(episode, 0) + 1
+        seats[episode] = key.num_agents
+    cut = [e for e, n in rows.items() if n < seats[e]]
+    found.done.update(e for e, n in rows.items() if n >= seats[e])
+    # A kill -9 mid-write leaves the episode in flight (a writer's last write) short: cut off where it starts.
+    found.keep = end if not cut else last_start if cut == [last] and rows[last] == last_rows else None
+    return found
 
 
 class TrajectoryWriter:
@@ -227,6 +321,7 @@ class TrajectoryWriter:
 
     With ``resume=True`` an existing file is kept: a torn last line is cut off and ``done`` holds the episode
     indices already complete, so a run killed with ``kill -9`` continues without losing or repeating one.
+    Resuming reads the file as a stream and keeps only each episode's index and row count.
     """
 
     def __init__(self, path: str | Path, resume: bool = False, run: RunKey | None = None):
@@ -239,29 +334,42 @@ class TrajectoryWriter:
         self.done: set[int] = set()
         self.run = run
         if resume:
-            if run is not None:
-                check_resumable(self.path, run)
-            rows, good_end = _scan(self.path)
-            complete = _complete_episodes(rows)
-            torn = good_end < (self.path.stat().st_size if self.path.exists() else 0)
-            if torn or sum(complete.values()) < len(rows) or not all(map(is_encoded, rows)):
-                # Drop a torn last line and the rows of episodes whose seats were not all written; rows of
-                # an earlier version are rewritten in this one's format, so the file keeps one schema.
-                self._rewrite(rows, complete)
-            self.done = {int(r["episode"]) for r in rows if int(r["episode"]) in complete}
+            found = _finished(self.path, run)
+            size = self.path.stat().st_size if self.path.exists() else 0
+            if not found.encoded or found.keep is None:
+                # Rows of an earlier version are rewritten in this one's format, so the file keeps one schema;
+                # the rows of episodes whose seats were not all written go.
+                self._rewrite(found.done)
+            elif found.keep < size:
+                self._cut(found.keep)  # a torn last line, or the rows of the episode in flight at a crash
+            self.done = found.done
             self._fh = self.path.open("a", encoding="utf-8")
         else:
             self._fh = self.path.open("w", encoding="utf-8")
 
-    def _rewrite(self, rows: list[dict[str, Any]], complete: dict[int, int]) -> None:
+    def _rewrite(self, done: set[int]) -> None:
+        """Replace the file by its rows of ``done`` episodes, each in this version's form."""
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            for row in rows:
-                if int(row["episode"]) in complete:
-                    fh.write(json.dumps(encode_row(row), ensure_ascii=False) + "\n")
+        with tmp.open("wb") as fh:
+            for lineno, raw, _ in _lines(self.path):
+                identity = _identity(raw)
+                if identity is not None:
+                    if identity.episode in done:
+                        fh.write(raw)  # already in this version's form
+                    continue
+                row = _parsed(self.path, lineno, raw)
+                if int(row["episode"]) in done:
+                    fh.write((json.dumps(encode_row(row), ensure_ascii=False) + "\n").encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+
+    def _cut(self, size: int) -> None:
+        """Drop everything past ``size`` bytes (rows to drop that are all at the end)."""
+        with self.path.open("r+b") as fh:
+            fh.truncate(size)
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def write(self, *trajectories: Trajectory) -> None:
         """Write trajectories (all seats of one episode) as lines, handed to the OS before returning."""

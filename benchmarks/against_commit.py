@@ -6,7 +6,8 @@ The base commit is checked out with ``git worktree`` and installed (no deps, not
 own under ``~/.cache/aligngym/bench-trees/``; its runs get that folder first on ``PYTHONPATH``, so they import
 the old code while the benchmark script itself comes from this tree (the scripts must take the same flags on
 both). Runs alternate base, current, base, current… so load on the machine hits both alike; each run's output
-is printed under its label, with its wall time.
+is printed under its label, with its wall time. ``--quick`` makes one run of each tree and passes ``--quick``
+to the benchmark (a smoke run of the harness: the figures mean nothing).
 """
 
 from __future__ import annotations
@@ -45,9 +46,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the commit to compare against (e.g. HEAD~3)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each tree (alternating)")
+    parser.add_argument("--quick", action="store_true", help="one run each, the benchmark with --quick")
     parser.add_argument("script", nargs=argparse.REMAINDER, help="-- BENCHMARK.py [its flags]")
     args = parser.parse_args()
     script = [a for a in args.script if a != "--"]
+    if args.quick:
+        args.repeats = 1
+        script += [] if "--quick" in script else ["--quick"]
     if not script:
         parser.error("name the benchmark after --, e.g. -- benchmarks/env_overhead.py")
     script[0] = str(

@@ -1,14 +1,17 @@
 """Per-step overhead of ``TextEnv`` and of ``gym.make``'s wrappers, against a bare ``gymnasium.Env``.
 
-Usage: ``python benchmarks/env_overhead.py --steps 20000``. Each figure is the best of ``--repeat`` runs of
+Usage: ``python benchmarks/env_overhead.py --steps 20000`` (``--quick``: a smoke run of seconds whose
+figures mean nothing). Each figure is the best of ``--repeat`` runs of
 ``--steps`` steps, in microseconds per step (resets included, amortised over the episode's turns).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -16,6 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from aligngym.envs.base import StepResult, TextEnv
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _bench_stats import interleave  # noqa: E402
 
 ENV_ID = "bench/NoOpText-v0"
 
@@ -79,15 +85,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20000, help="steps per measurement")
     parser.add_argument("--turns", type=int, default=10, help="turns per episode in the multi-turn column")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the fastest is kept")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: figures mean nothing")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.repeat = 200, 1
 
     turn_counts = [1, args.turns]
-    results: dict[str, list[float]] = {}
-    for label, make in variants().items():
-        # Best-of-N: the minimum is the overhead itself, the rest is scheduler and cache noise.
-        results[label] = [
-            min(time_steps(make(t), args.steps, t) for _ in range(args.repeat)) for t in turn_counts
-        ]
+    results: dict[str, list[float]] = {label: [] for label in variants()}
+    for t in turn_counts:
+        cases = {
+            label: (lambda make=make, t=t: time_steps(make(t), args.steps, t))
+            for label, make in variants().items()
+        }
+        # Round-robin rounds, so load hits every variant alike; best-of-N: the minimum is the overhead
+        # itself, the rest is scheduler and cache noise.
+        for label, runs in interleave(cases, args.repeat).items():
+            results[label].append(min(runs))
 
     bare = next(iter(results.values()))
     table = Table(title=f"Per-step overhead, µs (best of {args.repeat} x {args.steps} steps)")

@@ -1,6 +1,7 @@
 """Resident memory of many live environment instances (target: 1,000 instances in <= 500 MB).
 
     python benchmarks/memory.py --instances 1000
+    python benchmarks/memory.py --quick          # smoke run: 10 instances, figures mean nothing
 
 Each instance is reset and stepped once so it holds a real episode (chat history, task); sandboxes are
 pooled, so code environments add no process per instance.
@@ -33,7 +34,10 @@ def main() -> None:
             "aligngym/Debate-v0",
         ],
     )
+    parser.add_argument("--quick", action="store_true", help="a smoke run: figures mean nothing")
     args = parser.parse_args()
+    if args.quick:
+        args.instances = 10
     import aligngym
 
     print(f"{'environment':<26} {'instances':>9} {'RSS before':>11} {'RSS after':>10} {'per instance':>13}")

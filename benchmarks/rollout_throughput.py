@@ -1,21 +1,30 @@
-"""Rollout throughput against a local OpenAI-protocol server with a fixed artificial latency.
+"""Rollout throughput and client CPU against a local OpenAI-protocol server with a fixed artificial latency.
 
-    python benchmarks/rollout_throughput.py                      # 64 concurrent, 100 ms, all four columns
-    python benchmarks/rollout_throughput.py --concurrency 64 256 --no-verifiers --no-ray
+    python benchmarks/rollout_throughput.py                      # C=64 and 256, ToolUse at C=64, peers
+    python benchmarks/rollout_throughput.py --no-verifiers --no-ray --repeats 5
+    python benchmarks/rollout_throughput.py --quick              # smoke run (seconds): not a measurement
 
-The server runs in its own process (so its CPU is not ours) and answers every request after ``--latency``
-seconds. One run measures, for the same single-turn arithmetic workload at each concurrency C:
+The server runs in its own process (``_bench_server.py``; its CPU is not ours) and answers every request
+after ``--latency`` seconds. CPU is this process's (``time.process_time``) per episode. Cases:
 
-* ``bare``: a loop of ``openai.AsyncOpenAI`` chat calls under a semaphore of C, no framework (the ceiling);
-* ``aligngym``: ``aligngym.rollout`` of ``aligngym/Arithmetic-v0`` with the OpenAI-protocol agent, in-process;
-* ``aligngym-ray``: ``aligngym.distributed.rollout_ray`` on ``--workers`` Ray actors with ``C // workers``
-  episodes in flight per actor (so C in flight in total). Ray is initialised before timing, and the figures
-  are the difference between a run of N + W episodes and a run of W (W = 2C), so Ray's and the actors'
-  start-up cancel out; CPU is the driver's plus every process Ray started (actors, raylet, GCS);
-* ``verifiers``: verifiers' own eval runner (``verifiers.v1``, single-agent env, in-process harness,
-  ``max_concurrent=C``) in its own venv, see ``_verifiers_bench.py`` and ``_verifiers_worker.py``.
+* single-turn ``aligngym/Arithmetic-v0`` at each ``--concurrency`` C, ``--episodes`` episodes (20 x C);
+* multi-turn ``aligngym/ToolUse-v0`` at ``--tool-concurrency``: the server calls ToolUse's calculator
+  (native tool calls) on every turn but the last, so every episode plays ``--tool-turns`` turns.
 
-Ideal throughput is ``C / latency`` episodes per second (every slot always waiting on the server).
+Systems, run round-robin ``--repeats`` times (median [min-max] printed):
+
+* ``bare (C workers)``: the fair baseline -- plain ``openai.AsyncOpenAI`` calls from C worker tasks, each
+  taking the next episode from a shared counter; same messages, tools and sampling fields as aligngym's
+  agent, no env and no rows (``_bare_loops.py``);
+* ``bare (gather+sem, old)``: the baseline this benchmark shipped before: all N episodes created at once and
+  gathered under a semaphore of C. It spends more CPU than the workers, so it flattered aligngym;
+* ``aligngym``: ``aligngym.rollout`` with the OpenAI-protocol agent, in-process, writing its JSONL rows.
+
+Then once each (single-turn only): ``aligngym-ray`` (``_ray_bench.py``: ``rollout_ray`` on ``--workers``
+actors, CPU of the whole process tree, start-up cancelled out) and ``verifiers`` (its own eval runner in its
+own venv, ``_verifiers_bench.py``). PASS/FAIL lines give the client-cost targets: aligngym's CPU per
+single-turn episode <= 1.15x the bare workers' at each C, and <= 0.3 ms of extra CPU per ToolUse turn
+(medians of per-round paired figures). Ideal throughput is C / latency episodes per second.
 """
 
 from __future__ import annotations
@@ -23,234 +32,195 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aligngym
 from aligngym.agents.openai_agent import OpenAIAgent
 
 sys.path.insert(0, str(Path(__file__).parent))
+import _bare_loops  # noqa: E402
+import _bench_server  # noqa: E402
+import _ray_bench  # noqa: E402
 import _verifiers_bench  # noqa: E402
+from _bench_stats import interleave, paired, spread, verdict  # noqa: E402
+
+Result = _bare_loops.Result
+SINGLE_ENV = "aligngym/Arithmetic-v0"
+TOOL_ENV = "aligngym/ToolUse-v0"
+BARE, OLD, OURS = "bare (C workers)", "bare (gather+sem, old)", "aligngym"
 
 
-def start_server(latency: float, port: int) -> subprocess.Popen:
-    """The scripted server in a child process; returns once it answers."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "aligngym.agents.server",
-            "--port",
-            str(port),
-            "--latency",
-            str(latency),
-            "--reply",
-            "7",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1).read()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("benchmark server did not start")
-
-
-async def measure(base_url: str, episodes: int, concurrency: int) -> tuple[float, float, int]:
-    """Episodes/s, CPU seconds per episode of this process, and errors."""
-    agent = OpenAIAgent(model="scripted", base_url=base_url, max_retries=0)
+async def measure_aligngym(
+    base_url: str, env_id: str, env_kwargs: dict[str, Any], episodes: int, concurrency: int, turns: int = 1
+) -> Result:
+    """Episodes/s, CPU seconds per episode of this process and errors of one ``aligngym.rollout`` run."""
+    agent = OpenAIAgent(model=_bare_loops.MODEL, base_url=base_url, max_retries=0)
     with tempfile.TemporaryDirectory() as tmp:
         cpu0, t0 = time.process_time(), time.perf_counter()
         summary = await aligngym.rollout(
-            "aligngym/Arithmetic-v0",
+            env_id,
             agent,
             episodes=episodes,
             out=os.path.join(tmp, "r.jsonl"),
             concurrency=concurrency,
+            env_kwargs=env_kwargs,
             progress=False,
         )
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     await agent.aclose()
+    if not summary.errors and summary.turns != turns * summary.written:
+        # Like for like: the bare loop plays exactly `turns` per episode.
+        raise RuntimeError(f"{env_id}: {summary.turns} turns in {summary.written} episodes, not {turns} each")
     return summary.written / wall, cpu / max(summary.written, 1), summary.errors
 
 
-async def measure_bare(base_url: str, episodes: int, concurrency: int) -> tuple[float, float, int]:
-    """A bare loop of ``AsyncOpenAI`` calls under a semaphore (the ceiling with no framework), as ``measure``."""
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0)
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(i: int) -> None:
-        async with gate:
-            await client.chat.completions.create(
-                model="scripted", messages=[{"role": "user", "content": f"{i % 10}+1="}]
-            )
-
-    cpu0, start = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(episodes)))
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    await client.close()
-    return episodes / wall, cpu / episodes, 0
+def systems(
+    base_url: str, env_id: str, env_kwargs: dict[str, Any], n: int, k: int, turns: int
+) -> dict[str, Callable[[], Result]]:
+    """The interleaved systems of one case, each a call that runs it once on ``n`` episodes at ``k``."""
+    prompts, tools = _bare_loops.first_messages(env_id, env_kwargs, min(n, 256))
+    play = _bare_loops.tool_turns(prompts, tools, turns) if turns > 1 else _bare_loops.single_turn(prompts)
+    return {
+        BARE: lambda: asyncio.run(_bare_loops.workers(base_url, n, k, play)),
+        OLD: lambda: asyncio.run(_bare_loops.gather_semaphore(base_url, n, k, play)),
+        OURS: lambda: asyncio.run(measure_aligngym(base_url, env_id, env_kwargs, n, k, turns)),
+    }
 
 
-class TreeCPU:
-    """CPU seconds used by this process and its descendants (Ray's daemons and actors), less ``exclude``.
-
-    Polled from a thread, since ``rollout_ray`` kills its actors at the end of a run (their last ~50 ms of
-    CPU may be missed); a process first seen during the run counts from zero.
-    """
-
-    def __init__(self, exclude: int):
-        import psutil
-
-        self._me, self._exclude, self._seen = psutil.Process(), exclude, {}
-        self._stop = threading.Event()
-        self.base = self._poll()
-
-    def _poll(self) -> dict[int, float]:
-        for proc in [self._me, *self._me.children(recursive=True)]:
-            if proc.pid == self._exclude:
-                continue
-            try:
-                t = proc.cpu_times()
-                self._seen[proc.pid] = t.user + t.system
-            except Exception:  # gone between listing and reading
-                pass
-        return dict(self._seen)
-
-    def __enter__(self) -> TreeCPU:
-        def loop() -> None:
-            while not self._stop.wait(0.05):
-                self._poll()
-
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._poll()
-        self.used = sum(v - self.base.get(pid, 0.0) for pid, v in self._seen.items())
-
-
-async def _ray_once(base_url: str, episodes: int, per_worker: int, workers: int) -> tuple[float, int, int]:
-    from aligngym.distributed import rollout_ray
-
-    spec = {"model": "scripted", "base_url": base_url, "max_retries": 0}
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        summary = await rollout_ray(
-            "aligngym/Arithmetic-v0",
-            spec,
-            episodes=episodes,
-            out=os.path.join(tmp, "r.jsonl"),
-            workers=workers,
-            concurrency=per_worker,
-            progress=False,
+def print_table(title: str, rows: dict[str, list[Result]], ideal: float, n: int) -> None:
+    """One case's table: each figure the median [min-max] over its runs."""
+    print(f"\n{title}")
+    print(f"{'system':<24} {'episodes':>8}  {'episodes/s':<22} {'% ideal':<20} {'CPU ms/ep':<20} errors")
+    for name, runs in rows.items():
+        rates, cpus = [r[0] for r in runs], [r[1] for r in runs]
+        errors = sum(r[2] for r in runs)
+        print(
+            f"{name:<24} {n:>8}  {spread(rates, digits=1):<22} {spread(rates, 100 / ideal, 1):<20} "
+            f"{spread(cpus, 1000):<20} {errors}"
         )
-    return time.perf_counter() - t0, summary.written, summary.errors
 
 
-def measure_ray(base_url: str, episodes: int, concurrency: int, workers: int, server_pid: int):
-    """Steady-state episodes/s and CPU s per episode on Ray: (run of N + W) minus (run of W), W = 2C."""
-    per_worker = max(1, concurrency // workers)
-    warm = 2 * concurrency
-    runs = []
-    for n in (warm, episodes + warm):
-        with TreeCPU(exclude=server_pid) as cpu:
-            wall, written, errors = asyncio.run(_ray_once(base_url, n, per_worker, workers))
-        runs.append((wall, cpu.used, written, errors))
-    (w1, c1, n1, _), (w2, c2, n2, errors) = runs
-    return (n2 - n1) / max(w2 - w1, 1e-9), (c2 - c1) / max(n2 - n1, 1), errors
+def cpu_ratios(rows: dict[str, list[Result]], ours: str, base: str) -> list[float]:
+    """Per-round CPU per episode of ``ours`` over ``base``."""
+    return paired([r[1] for r in rows[ours]], [r[1] for r in rows[base]], lambda a, b: a / b)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[64], help="concurrent episodes")
-    parser.add_argument("--latency", type=float, default=0.1, help="server latency per request (s)")
-    parser.add_argument("--episodes", type=int, default=0, help="episodes per run (default 20 x concurrency)")
-    parser.add_argument("--port", type=int, default=18431)
-    parser.add_argument("--workers", type=int, default=2, help="Ray actors for the aligngym-ray column")
-    parser.add_argument("--no-ray", action="store_true", help="skip the Ray column")
-    parser.add_argument(
-        "--no-verifiers", action="store_true", help="skip the verifiers column (and its venv)"
+def single_turn_case(args: argparse.Namespace, base_url: str, k: int, peers: dict[str, Any]) -> None:
+    """Bare workers, the old bare loop and aligngym at concurrency ``k``; peers once; the CPU verdict."""
+    n = args.episodes or 20 * k
+    for run in systems(base_url, SINGLE_ENV, {}, min(n, 2 * k), k, 1).values():
+        run()  # warm-up: imports and first-call paths, untimed
+    rows = interleave(systems(base_url, SINGLE_ENV, {}, n, k, 1), args.repeats)
+    if peers.get("ray"):
+        rows["aligngym-ray (1 run)"] = [
+            _ray_bench.measure_ray(base_url, n, k, args.workers, peers["server_pid"])
+        ]
+    if peers.get("verifiers"):
+        got = _verifiers_bench.run_worker(peers["verifiers"], base_url, n, k)
+        if got is not None:
+            rows["verifiers (1 run)"] = [(got["episodes_per_s"], got["cpu_s_per_episode"], got["errors"])]
+    title = f"single-turn {SINGLE_ENV}, C={k}, {args.repeats} round(s), latency {args.latency * 1000:.0f} ms"
+    print_table(title, rows, k / args.latency, n)
+    old = cpu_ratios(rows, OURS, OLD)
+    rate = paired([r[0] for r in rows[OURS]], [r[0] for r in rows[BARE]], lambda a, b: a / b)
+    print(f"info C={k}: aligngym episodes/s / bare (C workers): {spread(rate, 100, 1)} %")
+    print(f"info C={k}: aligngym CPU/ep / bare (gather+sem, old): {spread(old)}x (the old, flattering ratio)")
+    print(
+        verdict(
+            f"C={k} client CPU per episode, aligngym / bare (C workers)",
+            cpu_ratios(rows, OURS, BARE),
+            1.15,
+            "x",
+        )
     )
-    parser.add_argument("--verifiers-venv", type=Path, default=_verifiers_bench.DEFAULT_VENV)
-    args = parser.parse_args()
 
-    vf_python = None
-    if not args.no_verifiers:
-        vf_python, note = _verifiers_bench.ensure_venv(args.verifiers_venv)
-        print(note)
-    use_ray = not args.no_ray
-    if use_ray:
-        try:
-            import ray
 
-            ray.init(address="local", include_dashboard=False, log_to_driver=False)  # before any timing
-        except Exception as exc:  # not installed, or cannot start
-            print(f"Ray unavailable ({type(exc).__name__}: {exc}); skipping the Ray column")
-            use_ray = False
-    proc = start_server(args.latency, args.port)
+def tool_case(args: argparse.Namespace, port: int) -> None:
+    """Multi-turn ToolUse: bare workers, the old bare loop and aligngym; the extra-CPU-per-turn verdict."""
+    k, turns = args.tool_concurrency, args.tool_turns
+    n = args.tool_episodes or 10 * k
+    proc = _bench_server.start(args.latency, port, tool_turns=turns)
     try:
-        base_url = f"http://127.0.0.1:{args.port}/v1"
-        asyncio.run(measure(base_url, 32, 8))  # warm-up: imports, connections
-        print(
-            f"server latency {args.latency * 1000:.0f} ms, single-turn arithmetic episodes; "
-            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start"
-        )
-        if use_ray:
-            print(
-                f"aligngym-ray: {args.workers} actors x C//{args.workers} in flight each; Ray start-up "
-                "excluded (ray.init before timing; (N+W)-(W) episode runs, W = 2C)"
-            )
-        print(
-            f"{'C':>4} {'system':<13} {'episodes':>9} {'episodes/s':>11} {'% ideal':>8} {'CPU ms/ep':>10} "
-            f"{'errors':>7}"
-        )
-        for k in args.concurrency:
-            n = args.episodes or 20 * k
-            ideal = k / args.latency
-            rows: dict[str, tuple[float, float, int]] = {}
-            rows["bare"] = asyncio.run(measure_bare(base_url, n, k))
-            rows["aligngym"] = asyncio.run(measure(base_url, n, k))
-            if use_ray:
-                rows["aligngym-ray"] = measure_ray(base_url, n, k, args.workers, proc.pid)
-            if vf_python is not None:
-                got = _verifiers_bench.run_worker(vf_python, base_url, n, k)
-                if got is not None:
-                    rows["verifiers"] = (got["episodes_per_s"], got["cpu_s_per_episode"], got["errors"])
-            for name, (rate, cpu, errors) in rows.items():
-                print(
-                    f"{k:>4} {name:<13} {n:>9} {rate:>11.1f} {100 * rate / ideal:>7.1f}% "
-                    f"{cpu * 1000:>10.2f} {errors:>7}"
-                )
-            ours = rows["aligngym"][0]
-            ratios = [f"aligngym/bare {100 * ours / rows['bare'][0]:.1f}% (target >= 75%)"]
-            if "aligngym-ray" in rows:
-                ratios.append(f"aligngym-ray/bare {100 * rows['aligngym-ray'][0] / rows['bare'][0]:.1f}%")
-            if "verifiers" in rows:
-                ratios.append(f"aligngym/verifiers {ours / rows['verifiers'][0]:.2f}x (target >= 3x)")
-            print(f"{k:>4} " + "; ".join(ratios))
+        base_url = f"http://127.0.0.1:{port}/v1"
+        env_kwargs = {"max_turns": turns}
+        for run in systems(base_url, TOOL_ENV, env_kwargs, min(n, k), k, turns).values():
+            run()  # warm-up
+        rows = interleave(systems(base_url, TOOL_ENV, env_kwargs, n, k, turns), args.repeats)
     finally:
         proc.terminate()
         proc.wait()
-        if use_ray:
-            import ray
+    title = (
+        f"multi-turn {TOOL_ENV}, {turns} turns/episode ({turns - 1} calculator calls), C={k}, "
+        f"{args.repeats} round(s)"
+    )
+    print_table(title, rows, k / (args.latency * turns), n)
+    cpu = {name: [r[1] for r in runs] for name, runs in rows.items()}
+    extra = paired(cpu[OURS], cpu[BARE], lambda a, b: (a - b) * 1000 / turns)
+    extra_old = paired(cpu[OURS], cpu[OLD], lambda a, b: (a - b) * 1000 / turns)
+    print(f"info ToolUse: extra CPU per turn over bare (gather+sem, old): {spread(extra_old, digits=3)} ms")
+    print(verdict(f"ToolUse extra client CPU per turn over bare (C workers), C={k}", extra, 0.3, " ms", 3))
 
-            ray.shutdown()
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256], help="single-turn C values")
+    parser.add_argument("--latency", type=float, default=0.1, help="server latency per request (s)")
+    parser.add_argument(
+        "--episodes", type=int, default=0, help="single-turn episodes per run (default 20 x C)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of every system")
+    parser.add_argument("--tool-concurrency", type=int, default=64, help="C of the ToolUse case")
+    parser.add_argument("--tool-turns", type=int, default=6, help="turns per ToolUse episode (0: skip it)")
+    parser.add_argument("--tool-episodes", type=int, default=0, help="ToolUse episodes per run (10 x C)")
+    parser.add_argument("--port", type=int, default=18431, help="the server's port (the ToolUse one: +1)")
+    parser.add_argument("--workers", type=int, default=2, help="Ray actors for the aligngym-ray row")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray row")
+    parser.add_argument("--no-verifiers", action="store_true", help="skip the verifiers row (and its venv)")
+    parser.add_argument("--verifiers-venv", type=Path, default=_verifiers_bench.DEFAULT_VENV)
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run of every case: figures mean nothing"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.concurrency, args.episodes, args.repeats, args.latency = [8], 32, 1, 0.01
+        args.tool_concurrency, args.tool_episodes, args.tool_turns = 8, 16, 3
+        args.no_ray = args.no_verifiers = True
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    peers: dict[str, Any] = {}
+    if not args.no_verifiers:
+        peers["verifiers"], note = _verifiers_bench.ensure_venv(args.verifiers_venv)
+        print(note)
+    if not args.no_ray:
+        problem = _ray_bench.start_ray()  # before any timing
+        peers["ray"] = problem is None
+        if problem:
+            print(f"Ray unavailable ({problem}); skipping the Ray row")
+    print(
+        f"{'QUICK smoke run (figures mean nothing); ' if args.quick else ''}server latency "
+        f"{args.latency * 1000:.0f} ms; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start"
+    )
+    proc = _bench_server.start(args.latency, args.port)
+    peers["server_pid"] = proc.pid
+    try:
+        base_url = f"http://127.0.0.1:{args.port}/v1"
+        for k in args.concurrency:
+            single_turn_case(args, base_url, k, peers)
+    finally:
+        proc.terminate()
+        proc.wait()
+        if peers.get("ray"):
+            _ray_bench.stop_ray()
+    if args.tool_turns > 1:
+        tool_case(args, args.port + 1)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import itertools
 import string
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -103,6 +104,9 @@ class TextEnv(gym.Env[str, str], abc.ABC):
         self.observation_space = TextSpace()
         self.action_space = TextSpace()
         self.messages: list[Message] = []
+        #: ``info["messages"]``'s copies of ``self.messages``' entries, made once each (see ``_chat_so_far``).
+        self._shown: list[Message] = []
+        self._shown_of: list[Message] | None = None
         self.turns = 0
         self.episode_reward = 0.0
         self._done = False
@@ -255,10 +259,26 @@ class TextEnv(gym.Env[str, str], abc.ABC):
 
     def _info(self, extra: dict[str, Any], components: dict[str, float]) -> dict[str, Any]:
         info = dict(extra)
-        info["messages"] = [dict(m) for m in self.messages]
+        info["messages"] = self._chat_so_far()
         info["reward_components"] = {k: float(v) for k, v in components.items()}
         info["turn"] = self.turns
         return info
+
+    def _chat_so_far(self) -> list[Message]:
+        """``info["messages"]``: a new list each step, of copies of ``self.messages``' entries made once each.
+
+        Copying every message at every step made a turn cost more the longer the chat; now a turn copies only
+        the messages it added (and the list's pointers). The copies keep ``self.messages``, which the env
+        scores from, out of reach of code that edits what it was handed; they are shared by the steps of an
+        episode, so an edit to one shows in later steps' ``info`` (copy a message before editing it).
+        """
+        shown, chat = self._shown, self.messages
+        if self._shown_of is not chat or len(shown) > len(chat):  # a new episode (or a subclass's new list)
+            shown = self._shown = []
+            self._shown_of = chat
+        if len(shown) < len(chat):
+            shown.extend(dict(m) for m in itertools.islice(chat, len(shown), None))
+        return shown.copy()
 
 
 def rng_choice_index(rng: np.random.Generator, n: int) -> int:

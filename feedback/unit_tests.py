@@ -26,21 +26,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aligngym.sandboxes.forkserver import trust_prelude
+
 from .answers import extract_code
 from .base import FeedbackResult, Message
 from .code_task import Case, CodeTask, as_task, assemble_solution
 
 __all__ = ["Case", "CodeTask", "UnitTestVerifier", "VerifyResult", "build_harness", "grade", "parse_report"]
 
-# The grading program's modules, in import order; the last one runs as __main__ (see ``_program``).
+# The grading program's modules, in import order; ``_harness.main`` runs the grade (see ``_program``).
 _HARNESS_MODULES = ("_wire", "_testcode", "_candidate", "_remote", "_harness")
+_HARNESS_MAIN = "sys.modules['aligngym.feedback._harness'].main()\n"
 
 
-def _program(folder: Path) -> str:
-    """One program text carrying the harness modules as bytecode compiled here once (compiling them in every
-    run cost ~6 ms, most of a warm run), each also as compressed source for an interpreter with another
-    bytecode format. Both travel base64'd: a long bytes literal alone took ~1.5 ms to compile. The stub
-    registers the modules in ``sys.modules`` under their real names, so their imports work unchanged."""
+def _prelude(folder: Path) -> str:
+    """The grading program but its last line: it registers the harness modules, carried as bytecode compiled
+    here once (compiling them in every run cost ~6 ms, most of a warm run), each also as compressed source for
+    an interpreter with another bytecode format. Both travel base64'd: a long bytes literal alone took ~1.5 ms
+    to compile. The modules go into ``sys.modules`` under their real names, so their imports work unchanged.
+    It only defines things, so a fork server may run it once and fork every grade from there
+    (``sandboxes.forkserver.trust_prelude``)."""
     modules = []
     for name in _HARNESS_MODULES:
         source = (folder / f"{name}.py").read_text(encoding="utf-8")
@@ -58,16 +63,22 @@ def _program(folder: Path) -> str:
         "for _name in ('aligngym', 'aligngym.feedback'):\n"
         "    sys.modules[_name] = types.ModuleType(_name)\n"
         "    sys.modules[_name].__path__ = []\n"
-        f"for _name, _code, _source in {modules[:-1]!r}:\n"
+        f"for _name, _code, _source in {modules!r}:\n"
         "    _module = sys.modules[_name] = types.ModuleType(_name)\n"
         "    _module.__file__ = globals().get('__file__', '<stdin>')\n"
         "    exec(_load(_name, _code, _source), _module.__dict__)\n"
-        f"exec(_load(*{modules[-1]!r}))\n"
     )
 
 
+def _program(folder: Path) -> str:
+    """The whole grading program: the prelude, then a line that runs the grade."""
+    return _prelude(folder) + _HARNESS_MAIN
+
+
 # The program every graded run executes; the harness modules are real modules, linted and readable.
-HARNESS_PROGRAM = _program(Path(__file__).parent)
+HARNESS_PRELUDE = _prelude(Path(__file__).parent)
+HARNESS_PROGRAM = HARNESS_PRELUDE + _HARNESS_MAIN
+trust_prelude(HARNESS_PRELUDE)
 
 
 def new_nonce() -> str:

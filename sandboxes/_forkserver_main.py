@@ -9,11 +9,12 @@ one byte of kind plus JSON:
 * server -> host ``H`` (hello, once: whether per-run namespaces work) and ``X`` (a run ended; all of its
   processes are gone).
 
-Per run the server forks C, which enters a new user, pid, mount and IPC namespace, mounts a fresh /tmp,
-/dev/shm and a read-only /.aligngym holding the program file, then forks I (pid 1 of the new pid namespace)
-and exits. I forks P, which drops every capability, sets the run's rlimits and runs the code; I exits with
-P's status. The kernel kills everything left in a pid namespace when its pid 1 exits and lets I's parent
-(the server, a child subreaper) reap I only after they are all gone, so ``X`` means the whole tree is dead.
+Per run the server clones I straight into a new user, pid, mount and IPC namespace (I is pid 1 there; a
+fork costs ~1 ms on a small VM, so no intermediate process unshares first); I maps its ids, mounts a fresh
+/tmp, /dev/shm and a read-only /.aligngym holding the program file, and forks P, which drops every
+capability, sets the run's rlimits and runs the code; I exits with P's status. The kernel kills everything
+left in a pid namespace when its pid 1 exits and lets I's parent (the server) reap I only after they are
+all gone, so ``X`` means the whole tree is dead.
 
 Unlike fresh interpreters, the runs of one server share its hash seed (str hashes, set order), a preloaded
 stdlib module wins over a same-named file in the working directory, and at exit only the program's own
@@ -27,6 +28,7 @@ import atexit
 import builtins
 import ctypes
 import gc
+import hashlib
 import importlib
 import importlib.machinery
 import io
@@ -41,11 +43,10 @@ import stat
 import sys
 import threading
 import types
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x20000, 0x8000000, 0x10000000, 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
-MNT_DETACH = 2
 PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 4, 24, 36, 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 CODE_DIR = "/.aligngym"
@@ -64,7 +65,16 @@ PRELOAD = (
 )  # fmt: skip
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)  # else the probe fails: one-shot runs
 Job = dict[str, Any]  # a run request: id, language, rlimits, whether stdin is given, isolated (or None)
+
+
+class Prelude(NamedTuple):
+    """What running a trusted prelude in the server left: its text, its globals, the modules it added."""
+
+    source: bytes
+    scope: dict[str, Any]
+    modules: list[str]
 
 
 def _check(ret: int, what: str) -> None:
@@ -89,20 +99,31 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _fresh_tmp(size: int, keep: list[str]) -> None:
-    """Fresh /tmp and /dev/shm for a run, showing again the host paths bound there (``keep``: a venv, say)."""
-    # Opened before the new tmpfs hides them; bound back from the descriptor (read-only flags come along).
+def _private_mounts(size: int, keep: list[str], code: bytes, program: str) -> None:
+    """A run's fresh /tmp and /dev/shm, and a read-only ``CODE_DIR`` holding only ``program`` (``code``).
+
+    One tmpfs backs all three, so ``size`` bounds /tmp and /dev/shm together: it is charged to the sandbox's
+    memory cgroup, and tmpfs pages are no process's, so the OOM killer would take an innocent run instead.
+    Staged in subdirectories of that tmpfs mounted at ``CODE_DIR`` (hiding the server's own file), each
+    bound at its place; the code's directory is bound over ``CODE_DIR`` last and made read-only, so the
+    staging root is never unmounted (an unmount waits for an RCU grace period: a millisecond per run).
+    Host paths bound under /tmp (``keep``: a venv, say) are opened before the new tmpfs hides them and
+    bound back from the descriptor (read-only flags come along).
+    """
     held = [(path, os.open(path, os.O_PATH | os.O_CLOEXEC)) for path in keep]
     try:
-        # One tmpfs behind both, so ``size`` bounds them together: it is charged to the sandbox's memory
-        # cgroup, and tmpfs pages are no process's, so the OOM killer would take an innocent run instead.
-        _mount("tmpfs", CODE_DIR, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0755")
+        _mount("tmpfs", CODE_DIR, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size + len(code) + 65536},mode=0755")
         for target in FRESH_DIRS:
             staged = os.path.join(CODE_DIR, target.strip("/").replace("/", "_"))
             os.mkdir(staged)
             os.chmod(staged, 0o1777)
             _mount(staged, target, None, MS_BIND, None)
-        _check(_libc.umount2(CODE_DIR.encode(), MNT_DETACH), "umount staging")
+        staged = os.path.join(CODE_DIR, "code")
+        os.mkdir(staged, 0o755)
+        with open(os.path.join(staged, os.path.basename(program)), "wb") as f:
+            f.write(code)
+        _mount(staged, CODE_DIR, None, MS_BIND, None)
+        _mount("none", CODE_DIR, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
         for path, fd in held:
             parent = os.path.dirname(path)
             os.makedirs(parent, 0o755, exist_ok=True)
@@ -125,11 +146,14 @@ def _volunteer_for_oom() -> None:
         pass  # raising one's own score is always allowed; a /proc without it leaves the default
 
 
-def _drop_capabilities() -> None:
-    """Empty the bounding, ambient, effective, permitted and inheritable sets (P is root of its userns)."""
+def _last_cap() -> int:
     with open("/proc/sys/kernel/cap_last_cap") as f:
-        last = int(f.read())
-    for cap in range(last + 1):
+        return int(f.read())
+
+
+def _drop_capabilities(last_cap: int) -> None:
+    """Empty the bounding, ambient, effective, permitted and inheritable sets (P is root of its userns)."""
+    for cap in range(last_cap + 1):
         _prctl(PR_CAPBSET_DROP, cap)
     _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient caps")
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
@@ -144,6 +168,8 @@ class Server:
         self.config = config
         self.selector = selectors.DefaultSelector()
         self.runs = {}  # run id -> (pid of the run's init, pidfd)
+        self.preludes: dict[str, Prelude | None] = {}  # digest -> what running it left (None: it failed)
+        self.last_cap = _last_cap()  # read once: every run drops capabilities 0..last_cap
 
     def send(self, kind: bytes, body: dict[str, Any]) -> None:
         self.ctl.send(kind + json.dumps(body).encode())
@@ -212,6 +238,9 @@ class Server:
                 os.kill(pid, signal.SIGKILL)
             os._exit(0)
         kind, body = data[:1], json.loads(data[1:])
+        if kind == b"P":
+            self.preload(body["digest"], fds)
+            return None
         if kind == b"K":
             run = self.runs.get(body["id"])
             if run is not None:
@@ -237,20 +266,51 @@ class Server:
         code = os.waitstatus_to_exitcode(status)
         self.send(b"X", {"id": run_id, "code": code if code >= 0 else 128 - code})
 
+    def preload(self, digest: str, fds: list[int]) -> None:
+        """Run a prelude the host vouches for (``forkserver.trust_prelude``) here, once, for runs to fork from."""
+        try:
+            source = _read_all(fds[0])
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if digest in self.preludes:
+            return
+        self.preludes[digest] = None
+        if hashlib.sha256(source).hexdigest() != digest:
+            return
+        known, path = set(sys.modules), list(sys.path)
+        sys.path[:] = _isolated_path()  # what the isolated runs it is for would import from
+        scope = {"__name__": "__main__", "__file__": PROGRAM["python"], "__builtins__": builtins}
+        try:
+            exec(compile(source, PROGRAM["python"], "exec", dont_inherit=True), scope)
+        except BaseException:
+            for name in set(sys.modules) - known:
+                del sys.modules[name]
+            return  # its runs execute their whole program instead
+        finally:
+            sys.path[:] = path
+        self.preludes[digest] = Prelude(source, scope, sorted(set(sys.modules) - known))
+        gc.collect()
+        gc.freeze()
+
     # -- one run ----------------------------------------------------------------------------------------
     def spawn(self, job: Job, fds: list[int]) -> tuple[str, Any]:
         """("pid", init pid) or ("error", text) in the server; ("job", job) in the run's program."""
         r, w = os.pipe()
-        try:
-            pid = os.fork()
-        except OSError as exc:
+        uid, gid = os.getuid(), os.getgid()
+        flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | signal.SIGCHLD
+        # A raw clone (the child continues on a copy of our stack, like fork): safe here because the server
+        # is single-threaded; P is then forked with os.fork, which redoes Python's after-fork work.
+        pid = _libc.syscall(_SYS_CLONE, ctypes.c_ulong(flags), 0, 0, 0, 0) if _SYS_CLONE else -1
+        if pid < 0:
+            err = ctypes.get_errno()
             for fd in (*fds, r, w):
                 os.close(fd)
-            return ("error", f"fork failed: {exc}")
+            return ("error", f"clone failed: {os.strerror(err)}")
         if pid == 0:
             try:
                 os.close(r)
-                return ("job", self.enter_namespaces(job, fds, w))
+                return ("job", self.enter_namespaces(job, fds, w, uid, gid))
             except BaseException as exc:
                 try:
                     os.write(w, b"E" + f"run setup failed: {type(exc).__name__}: {exc}".encode())
@@ -261,15 +321,14 @@ class Server:
             os.close(fd)
         report = os.read(r, 4096)
         os.close(r)
-        os.waitpid(pid, 0)
         if report[:1] == b"P":
-            return ("pid", int(report[1:]))
+            return ("pid", pid)
+        os.waitpid(pid, 0)
         return ("error", report[1:].decode(errors="replace") or "run setup died")
 
-    def enter_namespaces(self, job: Job, fds: list[int], report_fd: int) -> Job:
-        """In C: new namespaces and private mounts, then fork the run's init and report its pid."""
-        uid, gid = os.getuid(), os.getgid()
-        _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC), "unshare")
+    def enter_namespaces(self, job: Job, fds: list[int], report_fd: int, uid: int, gid: int) -> Job:
+        """In I (pid 1 of fresh namespaces): map our ids, private mounts, fork the program, report, then reap
+        whatever reaches us and exit with the program's status."""
         _prctl(PR_SET_DUMPABLE, 1)  # /proc/self of a non-dumpable process belongs to root: no map writes
         for name, text in (
             ("setgroups", "deny"),
@@ -279,26 +338,15 @@ class Server:
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
         _prctl(PR_SET_DUMPABLE, 0)  # the run's init, forked below, must not be ptraced by the program
-        _fresh_tmp(self.config["tmp_bytes"], self.config.get("keep", ()))
         code = _read_all(fds[0])
-        # Hides the server's own file too; the program file gets the path a one-shot run would give it.
-        _mount("tmpfs", CODE_DIR, "tmpfs", MS_NOSUID | MS_NODEV, f"size={len(code) + 65536},mode=0755")
-        with open(PROGRAM[job["language"]], "wb") as f:
-            f.write(code)
-        _mount("none", CODE_DIR, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
-        pid = os.fork()
-        if pid == 0:
-            os.close(report_fd)
-            return self.be_init(job, fds)
-        os.write(report_fd, b"P%d" % pid)
-        os._exit(0)
-
-    def be_init(self, job: Job, fds: list[int]) -> Job:
-        """In I (pid 1): fork the program, reap whatever reaches us, exit with the program's status."""
+        _private_mounts(self.config["tmp_bytes"], self.config.get("keep", ()), code, PROGRAM[job["language"]])
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # pid 1 then ignores every signal its namespace sends
         program = os.fork()
         if program == 0:
+            os.close(report_fd)
             return self.be_program(job, fds)
+        os.write(report_fd, b"P")
+        os.close(report_fd)
         os.closerange(0, os.sysconf("SC_OPEN_MAX"))
         while True:
             pid, status = os.waitpid(-1, 0)
@@ -314,7 +362,7 @@ class Server:
             os.setsid()
             _prctl(PR_SET_DUMPABLE, 1)
             _volunteer_for_oom()
-            _drop_capabilities()
+            _drop_capabilities(self.last_cap)
             _deny_user_namespaces()
             stdin = fds[3] if job["stdin"] else os.open(os.devnull, os.O_RDONLY)
             for target, fd in enumerate((stdin, fds[1], fds[2])):
@@ -484,19 +532,39 @@ def _untrusted_path(path: str) -> bool:
     return os.access(path, os.W_OK)
 
 
-def _isolate_sys_path() -> None:
-    """``sys.path`` as ``python -I`` has it: no user site, no program directory, nothing a run can write."""
+def _isolated_path() -> list[str]:
+    """``sys.path`` as ``python -I`` has it: no program directory, nothing a run can write."""
     # The server script's directory (CODE_DIR) stands where the program's would; it goes with the rest.
+    return [p for p in sys.path if p and not _untrusted_path(p)]
+
+
+def _isolate_sys_path() -> None:
+    """``sys.path`` as ``python -I`` has it, and no user site."""
     site.ENABLE_USER_SITE = False
-    kept = [p for p in sys.path if p and not _untrusted_path(p)]
+    kept = _isolated_path()
     for gone in set(sys.path) - set(kept):
         sys.path_importer_cache.pop(gone, None)
     sys.path[:] = kept
 
 
-def run_python(config: dict[str, Any], job: Job) -> NoReturn:
+def _start_from(preludes: dict[str, Prelude | None], digest: str | None, source: bytes) -> Prelude | None:
+    """The prelude this run starts from (``source`` begins with it); the modules of every other one go."""
+    chosen = preludes.get(digest) if digest is not None else None
+    if chosen is not None and not source.startswith(chosen.source):
+        chosen = None
+    for prelude in preludes.values():
+        if prelude is not None and prelude is not chosen:
+            for name in prelude.modules:
+                sys.modules.pop(name, None)
+    return chosen
+
+
+def run_python(config: dict[str, Any], job: Job, preludes: dict[str, Prelude | None]) -> NoReturn:
     """In P: run the program file as ``__main__`` the way ``python main.py`` would, then exit."""
     path = PROGRAM["python"]
+    with open(path, "rb") as f:
+        source = f.read()
+    prelude = _start_from(preludes, job.get("prelude") if job.get("isolated") else None, source)
     sys.stdin = sys.__stdin__ = _stdio(0, sys.__stdin__, False)
     sys.stdout = sys.__stdout__ = _stdio(1, sys.__stdout__, True)
     sys.stderr = sys.__stderr__ = _stdio(2, sys.__stderr__, True)
@@ -512,13 +580,14 @@ def run_python(config: dict[str, Any], job: Job) -> NoReturn:
     sys.orig_argv[:] = [sys.executable, *flags, path]
     importlib.invalidate_caches()
     main = types.ModuleType("__main__")
+    if prelude is not None:  # its globals, then the rest of the program on the lines it has in the file
+        main.__dict__.update((k, v) for k, v in prelude.scope.items() if not k.startswith("__"))
+        source = b"\n" * prelude.source.count(b"\n") + source[len(prelude.source) :]
     main.__file__, main.__cached__, main.__builtins__ = path, None, builtins
     main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
     sys.modules["__main__"] = main
     status = 0
     try:
-        with open(path, "rb") as f:
-            source = f.read()
         exec(compile(source, path, "exec", dont_inherit=True), main.__dict__)
     except SystemExit as exc:
         status = _exit_status(exc)
@@ -536,9 +605,10 @@ def main() -> None:
     # Nothing else the host or bwrap left open (the user-namespace fd, for one) may reach a run.
     os.closerange(3, ctl_fd)
     os.closerange(ctl_fd + 1, os.sysconf("SC_OPEN_MAX"))
-    job = Server(ctl_fd, config).start()
+    server = Server(ctl_fd, config)
+    job = server.start()
     if job is not None:
-        run_python(config, job)
+        run_python(config, job, server.preludes)
 
 
 if __name__ == "__main__":

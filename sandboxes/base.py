@@ -194,8 +194,8 @@ class Sandbox(abc.ABC):
       owns hands the slot to that pool instead (docker: the container holds it).
     * runs: ``arun`` (abstract) and its blocking twin ``run``; files: ``write_files``, ``read_bytes``
       (abstract) and ``read_file``.
-    * reuse: ``reset`` makes it as good as new for another user; a backend that cannot (docker, whose
-      containers are never reused) raises, and a pool closes the sandbox instead.
+    * reuse: ``reset`` makes it as good as new for another user; a backend that cannot raises, and a pool
+      closes the sandbox instead (local and docker both reset; docker replaces a container it cannot prove clean).
     * ``close``: stop everything, free everything, give the slot back; idempotent; also on garbage collection.
 
     ``run(..., isolated=True)`` starts a program that nothing earlier runs wrote can influence: Python as

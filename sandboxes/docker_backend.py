@@ -2,7 +2,8 @@
 
 A run is one JSON message over the container's attached stdio (see ``executor.py``), not a ``docker exec``.
 Containers come from a process-wide ``DockerPool`` (warm spares, a hard cap on live containers) and carry
-owner labels so ``reap_orphans`` can remove those of processes that died without cleaning up.
+owner labels so ``reap_orphans`` can remove those of processes that died without cleaning up. Between users
+``reset`` cleans the container in place (the executor kills, wipes and checks) or replaces it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from .docker_pool import (  # noqa: F401  (re-exported: the backend's public and
 
 #: Stdin up to this size travels inside the run request; larger, it is staged first in chunks.
 _INLINE_STDIN_BYTES = 1 << 20
+#: A reset kills, waits for in-flight runs to wind down (4 s at most) and empties tmpfs: past this, replace.
+_RESET_TIMEOUT_S = 20.0
 
 
 def _check_path(path: str) -> None:
@@ -253,6 +256,41 @@ class DockerSandbox(Sandbox):
         except ChannelClosed:
             container.broken = True
             raise
+
+    def reset(self) -> None:
+        """Make the sandbox as good as new: every process killed, every writable place emptied, checked.
+
+        The executor reports what it could not clean (a process that outran the kills, a file it could not
+        remove, a bound socket, tmpfs pages still used); then, or when it does not answer, the container is
+        replaced, so the next user never sees the last one's state.
+        """
+        self._check_open()
+        container = self._container
+        dirt = ["the executor is gone"] if not container.usable else self._reset_in(container)
+        self._wrote_to = None
+        if dirt:
+            with self._swap_lock:
+                self._container = self._pool.replace(container, why="; ".join(dirt))
+
+    def _reset_in(self, container: _Container) -> list[str]:
+        """Ask the executor to reset; what it found still dirty (a lost executor counts as dirt)."""
+        rid, future = container.channel.submit({"op": "reset"})
+        try:
+            reply = future.result(_RESET_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            container.channel.forget(rid)
+            container.broken = True
+            return ["the executor did not answer the reset"]
+        except ChannelClosed as exc:
+            return [str(exc)]
+        return [] if reply.get("clean") is True else [str(d) for d in reply.get("dirt") or ["not clean"]]
+
+    async def aclose(self) -> None:
+        """``close`` without blocking the event loop (removing a container takes a daemon round trip)."""
+        await asyncio.to_thread(self.close)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def close(self) -> None:
         """Kill running programs and remove the container; calling it again does nothing."""

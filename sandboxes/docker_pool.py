@@ -21,16 +21,28 @@ from .reaper import reap_local_orphans_once
 
 SANDBOX_DIR = "/sandbox"
 SANDBOX_USER = "65534:65534"
-#: Added to ``SandboxConfig.pids`` and ``memory_mb`` for the executor (pid 1) that shares the container's cgroup.
-EXECUTOR_PIDS = 8
-EXECUTOR_MEMORY_MB = 32
+#: Added to ``SandboxConfig.pids`` and ``memory_mb`` for the executor (pid 1) and its fork server, which share
+#: the container's cgroup.
+EXECUTOR_PIDS = 10
+EXECUTOR_MEMORY_MB = 48
 _EXECUTOR_SOURCE = Path(__file__).with_name("executor.py").read_text()
+_ZYGOTE_SOURCE = Path(__file__).with_name("docker_zygote.py").read_text()
+
+
+def executor_source() -> str:
+    """The executor's program: with the fork server's source in front unless ``ALIGNGYM_DOCKER_ZYGOTE=0``."""
+    if os.environ.get("ALIGNGYM_DOCKER_ZYGOTE", "1") == "0":
+        return _EXECUTOR_SOURCE
+    return f"ZYGOTE_SOURCE = {_ZYGOTE_SOURCE!r}\n{_EXECUTOR_SOURCE}"
+
+
 _START_TIMEOUT_S = 60.0
 _SLOT_POLL_S = 0.2
 _REPLY_GRACE_S = 3.0  # past a run's own limit before the host asks whether the executor still answers
 _PING_TIMEOUT_S = 2.0  # a live executor answers a ping at once; silence this long means it is stuck
 _REPLY_CAP_S = 15.0  # past a run's limit, even an executor that answers pings counts as hung
 _FILE_TIMEOUT_S = 30.0  # for one chunk of a file transfer (at most a few MiB)
+_REPLACED_KEPT = 64
 
 
 def owner_labels() -> dict[str, str]:
@@ -149,7 +161,7 @@ def _start_with(client: Any, spec: _Spec, slot: Slot, lane: Lane | None) -> _Con
     try:
         cid = client.api.create_container(
             spec.image,
-            entrypoint=["python3", "-I", "-S", "-c", _EXECUTOR_SOURCE],
+            entrypoint=["python3", "-I", "-S", "-c", executor_source()],
             user=SANDBOX_USER,
             working_dir=SANDBOX_DIR,
             hostname="sandbox",
@@ -205,6 +217,9 @@ class DockerPool:
         self._filling: dict[_Spec, threading.Thread] = {}
         self._all: dict[str, _Container] = {}
         self._closed = False
+        # Spares wanted per spec: ``size`` at first, one more each time a sandbox had to wait for a start.
+        self._wanted: dict[_Spec, int] = {}
+        self.replaced: list[str] = []  # why containers were replaced, latest last (diagnostics, tests)
         atexit.register(self.shutdown)
         register_idle_source(self)
 
@@ -236,6 +251,8 @@ class DockerPool:
             raise
         if spare is not None:
             return spare
+        with self._cond:  # demand outran the spares: keep more warm (the cap still bounds them)
+            self._wanted[spec] = min(self.wanted(spec) + 1, self.max_live)
         try:
             container = self._create(client, spec, slot)
         except BaseException:
@@ -324,13 +341,17 @@ class DockerPool:
             self._filling[spec] = thread
             thread.start()
 
+    def wanted(self, spec: _Spec) -> int:
+        """How many warm spares of ``spec`` the pool keeps: ``size``, grown by demand up to ``max_live``."""
+        return self._wanted.get(spec, self.size) if self.size else 0
+
     def _fill(self, spec: _Spec) -> None:
         try:
             while True:
                 with self._cond:
                     if (
                         self._closed
-                        or len(self._spares.get(spec, ())) >= self.size
+                        or len(self._spares.get(spec, ())) >= self.wanted(spec)
                         or self._live >= self.max_live
                         or (slot := try_acquire_slot()) is None
                     ):
@@ -348,8 +369,12 @@ class DockerPool:
             with self._cond:
                 self._filling.pop(spec, None)
 
-    def replace(self, container: _Container) -> _Container:
-        """Remove a broken container and start a fresh one for the same spec in its slot (kept on failure)."""
+    def replace(self, container: _Container, why: str = "") -> _Container:
+        """Remove a broken (or not cleanly reset: ``why``) container and start a fresh one for the same spec
+        in its slot (kept on failure)."""
+        with self._cond:
+            self.replaced.append(why or "broken")
+            del self.replaced[:-_REPLACED_KEPT]
         self._remove(container)
         return self._create(self.client, container.spec, container.slot)
 
@@ -362,7 +387,8 @@ class DockerPool:
             self.client.api.kill(container.id)
 
     def release(self, container: _Container) -> None:
-        """Remove a sandbox's container (never reused: its files and processes are the last user's) and free its slot."""
+        """Remove a closed sandbox's container and free its slot (reuse goes through ``DockerSandbox.reset``,
+        which the sandbox pools call; a container given back here held another user's files)."""
         self._remove(container)
         self._give_back(container.slot)
 

@@ -5,16 +5,25 @@ runs in any image with a ``python3``. Requests and replies are a 4-byte big-endi
 then, when the object has a ``size``, that many raw bytes (a file chunk, a run's stdin).
 """
 
+import array
 import asyncio
 import base64
 import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import struct
 import sys
 import time
+
+# The fork server's source (docker_zygote.py): the host puts ``ZYGOTE_SOURCE = ...`` before this file in the
+# -c argument. Without it (or when it cannot start) every run is spawned.
+ZYGOTE_SOURCE = globals().get("ZYGOTE_SOURCE")
+ZYGOTE_TIMEOUT_S = 5.0  # for the fork server's start and for each fork; past it the run is spawned
+ZYGOTE_STARTS = 32  # fork servers one container may start (a program that keeps killing them gets none)
+EARLY_EXITS = 256  # exit statuses kept for pids not yet known (a forked run may end before its pid arrives)
 
 ROOT = "/sandbox"
 LANE = "/run/aligngym/lane.sock"  # the host's unix socket, when it bind-mounts one (docker_channel.Lane)
@@ -34,6 +43,11 @@ MEMORY_MARKERS = (
     b"no space left on device",
 )
 OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+# Every place a run can write (the root is read-only): a reset empties each. /dev/mqueue: POSIX queues.
+WRITABLE = (ROOT, "/tmp", "/dev/shm", "/dev/mqueue")
+TMPFS = (ROOT, "/tmp", "/dev/shm")  # their usage must be back to zero after a reset
+SYSV_IPC = ("shm", "sem", "msg")  # System V objects outlive their processes: a reset removes them
+IPC_RMID = 0
 # Used where util-linux's prlimit is missing: applies "NAME=VALUE,..." and execs the rest of argv.
 RLIMIT_SHIM = (
     "import os,resource,sys\n"
@@ -186,11 +200,180 @@ def processes():
 PROGRAM_NICE = 19
 
 
+def empty_tree(path):
+    """Remove everything below ``path`` (never following symlinks), whatever modes a run gave it."""
+    with os.scandir(path) as entries:
+        items = [(entry.path, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    for full, is_dir in items:
+        if is_dir:
+            os.chmod(full, 0o700)  # a run may have left it unreadable or unwritable: it is ours
+            empty_tree(full)
+            os.rmdir(full)
+        else:
+            os.unlink(full)
+
+
+def wipe(top):
+    """Empty ``top``; what could not be removed, as messages (none: it is empty)."""
+    if not os.path.isdir(top):
+        return []
+    try:
+        if top == ROOT:
+            os.chmod(ROOT, 0o700)  # its mode as a new container has it, whatever a run set
+        empty_tree(top)
+        left = os.listdir(top)
+    except Exception as exc:  # deep trees (RecursionError) included: the container is replaced
+        return [f"{top}: {exc!r}"]
+    return [f"{top} still holds {left[:5]}"] if left else []
+
+
+def remove_sysv_ipc():
+    """Remove the System V shared memory, semaphores and queues runs left (they outlive processes)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+    except Exception:
+        return
+    calls = {"shm": lambda i: libc.shmctl(i, IPC_RMID, None), "msg": lambda i: libc.msgctl(i, IPC_RMID, None)}
+    calls["sem"] = lambda i: libc.semctl(i, 0, IPC_RMID)
+    for kind in SYSV_IPC:
+        for ident in _sysv_ids(kind):
+            calls[kind](ident)
+
+
+def _sysv_ids(kind):
+    try:
+        with open(f"/proc/sysvipc/{kind}") as f:
+            return [int(line.split()[1]) for line in f.readlines()[1:] if line.strip()]
+    except (OSError, ValueError, IndexError):
+        return []
+
+
+def _listening():
+    """Sockets still bound in the container's network namespace (tcp/udp listening, unix listening)."""
+    found = []
+    for proto in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            with open(f"/proc/net/{proto}") as f:
+                rows = [line.split() for line in f.readlines()[1:]]
+        except OSError:
+            continue
+        # tcp: state 0A is LISTEN (TIME_WAIT leftovers of closed connections are harmless); udp: any socket.
+        found += [f"{proto} {row[1]}" for row in rows if len(row) > 3 and (row[3] == "0A" or "udp" in proto)]
+    try:
+        with open("/proc/net/unix") as f:
+            rows = [line.split() for line in f.readlines()[1:]]
+        found += [f"unix {row[-1]}" for row in rows if len(row) > 3 and int(row[3], 16) & 0x10000]
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def leftovers(keep):
+    """What would let the next user see this one: processes (but pid 1 and ``keep``), files, modes, tmpfs
+    pages, System V IPC, sockets."""
+    others = sorted(pid for pid in processes() if pid != 1 and pid not in keep)
+    dirt = [f"processes left: {others[:8]}"] if others else []
+    info = os.stat(ROOT)
+    if stat.S_IMODE(info.st_mode) != 0o700 or info.st_uid != os.getuid():
+        dirt.append(f"{ROOT} has mode {stat.S_IMODE(info.st_mode):o}, uid {info.st_uid}")
+    for top in TMPFS:
+        if os.path.isdir(top):
+            fs = os.statvfs(top)
+            if fs.f_blocks != fs.f_bfree:  # pages held by a file still open somewhere, or not removed
+                dirt.append(f"{top} still uses {(fs.f_blocks - fs.f_bfree) * fs.f_frsize} bytes")
+    dirt += [f"System V {kind} left: {ids}" for kind in SYSV_IPC if (ids := _sysv_ids(kind))]
+    dirt += [f"socket left: {s}" for s in _listening()]
+    return dirt
+
+
+def run_limits(request):
+    """A run's rlimits: CPU seconds (a backstop behind the wall-clock timer), file size, no core dumps."""
+    return {"cpu": int(request["timeout"]) + 2, "fsize": request["fsize"], "core": 0}
+
+
 def kill_group(pgid):
     try:
         os.killpg(pgid, signal.SIGKILL)
     except OSError:
         pass
+
+
+class Zygote:
+    """The executor's end of a fork server (``docker_zygote.py``) for runs of one kind (flags, environment)."""
+
+    def __init__(self, key, runner, flags, env):
+        self.key = key
+        self.marker = os.urandom(
+            8
+        ).hex()  # in every fork's /proc/<pid>/environ: protected while one is pending
+        self.ready = self.dead = False
+        self.pending = {}  # request id -> future of the forked program's pid
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        actions = [(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)] + [
+            (os.POSIX_SPAWN_DUP2, null, fd) for fd in (0, 1)
+        ]
+        argv = [runner] + list(flags) + ["-c", ZYGOTE_SOURCE]
+        try:
+            self.pid = os.posix_spawn(
+                runner, argv, dict(env, ALIGNGYM_ZYGOTE=self.marker), file_actions=actions, setsid=True
+            )
+        finally:
+            os.close(null)
+            theirs.close()
+        self.sock.setblocking(False)
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self.on_readable)
+
+    def on_readable(self):
+        try:
+            data = self.sock.recv(1 << 16)
+            message = json.loads(data) if data else None
+        except BlockingIOError:
+            return
+        except (OSError, ValueError):
+            message = None
+        if message is None:
+            self.close()
+        elif "ready" in message:
+            self.ready = bool(message.get("undumpable"))  # else programs could reach its socket: not used
+            if not self.ready:
+                self.close()
+        else:
+            # Left in ``pending`` until ``fork`` resumes: an exit reaped before then is kept in ``early``.
+            future = self.pending.get(message.get("id"))
+            if future is not None and not future.done():
+                future.set_result(message.get("pid"))
+
+    async def fork(self, job, fds):
+        """The pid of the program forked for ``job`` (an orphan: ours to reap), or None (spawn it instead)."""
+        rid = job["id"]
+        future = self.pending[rid] = asyncio.get_running_loop().create_future()
+        try:
+            self.sock.sendmsg(
+                [json.dumps(job).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+            )
+            return await asyncio.wait_for(future, ZYGOTE_TIMEOUT_S)
+        except (OSError, asyncio.TimeoutError):  # noqa: UP041  (distinct before Python 3.11)
+            self.close()  # stopped, or gone: the next run starts another
+            return None
+        finally:
+            self.pending.pop(rid, None)
+
+    def close(self):
+        if self.dead:
+            return
+        self.dead, self.ready = True, False
+        asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.sock.close()
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        for future in self.pending.values():
+            if not future.done():
+                future.set_result(None)
 
 
 class Executor:
@@ -204,6 +387,10 @@ class Executor:
         self.tasks = {}  # request id -> task of a run
         self.prlimit = shutil.which("prlimit")
         self.staged = {}  # stage id -> memfd holding a run's stdin, sent ahead in chunks
+        self.interrupted = set()  # ids of runs a reset cancelled: they reply sandbox_error
+        self.zygote = None  # the fork server of isolated Python runs, once one was asked for
+        self.zygote_starts = 0
+        self.early = {}  # pid -> exit code of processes reaped before anyone waited for them
 
     def stage(self, sid, data):
         """Append a chunk to the stdin staged as ``sid`` (a memfd: no path a program could plant on)."""
@@ -256,12 +443,19 @@ class Executor:
             future = self.children.pop(pid, None)
             if future is not None and not future.done():
                 future.set_result(exit_code(status))
+            elif self.zygote is not None and pid == self.zygote.pid:
+                self.zygote.close()  # it died: its pid is free now, so it must never count as ours again
+            elif self.zygote is not None and self.zygote.pending:  # a forked run we have not heard of yet?
+                self.early[pid] = exit_code(status)
+                if len(self.early) > EARLY_EXITS:
+                    del self.early[next(iter(self.early))]
 
     def _protected(self, pid, table):
         """Whether ``pid`` belongs to a run still in flight (same session, or a descendant of its root)."""
         start, seen = pid, 0
+        server = self.zygote.pid if self.zygote is not None and not self.zygote.dead else None
         while pid > 1 and seen < 4096:
-            if pid in self.roots or table.get(pid, (0, 0, 0, 0))[3] in self.roots:
+            if pid in self.roots or pid == server or table.get(pid, (0, 0, 0, 0))[3] in self.roots:
                 return True
             pid, seen = table.get(pid, (0, 0))[1], seen + 1
         return self._marked_live(start)
@@ -273,8 +467,11 @@ class Executor:
                 items = f.read().split(b"\0")
         except OSError:
             return False
+        forking = self.zygote is not None and self.zygote.pending
         return any(
-            i.startswith(b"ALIGNGYM_RUN=") and i[13:].decode("ascii", "replace") in self.tokens for i in items
+            (i.startswith(b"ALIGNGYM_RUN=") and i[13:].decode("ascii", "replace") in self.tokens)
+            or (forking and i == b"ALIGNGYM_ZYGOTE=" + self.zygote.marker.encode())
+            for i in items
         )
 
     def sweep(self):
@@ -296,12 +493,22 @@ class Executor:
             time.sleep(0.002)
             self.reap()
 
+    def bury(self, pid):
+        """Wait (a moment at most) until a killed child ``pid`` is reaped, so no zombie counts as left over."""
+        for _ in range(500):
+            self.reap()
+            if pid not in processes():
+                return
+            time.sleep(0.002)
+
     def dispatch(self, request):
         op, rid = request.get("op"), request.get("id")
         if op == "run":
             task = asyncio.ensure_future(self.run_and_reply(request))
             self.tasks[rid] = task
             task.add_done_callback(lambda _: self.tasks.pop(rid, None))
+        elif op == "reset":
+            asyncio.ensure_future(self.reset_and_reply(rid))
         elif op == "cancel":
             task = self.tasks.get(request.get("target"))
             if task is not None:
@@ -332,18 +539,96 @@ class Executor:
             reply["id"] = rid
             self.send(reply, payload if "error" not in reply else b"")
 
+    async def reset(self):
+        """Make the container as a new one has it: every process but pid 1 killed, every writable place
+        emptied, System V IPC removed; what is still left (nothing: clean) as messages."""
+        runs = list(self.tasks.items())
+        for rid, task in runs:
+            self.interrupted.add(rid)
+            task.cancel()
+        if runs:  # each run's own cleanup kills its group and removes its code directory
+            await asyncio.wait([task for _, task in runs], timeout=4 * GRACE_S)
+        self.roots.clear()
+        self.tokens.clear()
+        self.sweep()
+        self.reap()
+        self.early.clear()
+        if self.zygote is not None and processes().get(self.zygote.pid, (b"X",))[0] not in (b"S", b"R"):
+            self.zygote.close()  # stopped (or stuck) by a program: the next user gets a fresh one
+            self.bury(self.zygote.pid)
+        for sid in list(self.staged):
+            self.unstage(sid)
+        remove_sysv_ipc()
+        dirt = [message for top in WRITABLE for message in wipe(top)]
+        server = self.zygote.pid if self.zygote is not None and not self.zygote.dead else None
+        return dirt + leftovers({server})
+
+    async def reset_and_reply(self, rid):
+        try:
+            dirt = await self.reset()
+        except Exception as exc:
+            dirt = [f"the reset failed: {exc!r}"]
+        self.send({"id": rid, "clean": not dirt, "dirt": dirt[:20]})
+
     async def run_and_reply(self, request):
         try:
             reply = await self.run(request)
         except asyncio.CancelledError:
-            return
+            if request["id"] not in self.interrupted:
+                return  # the host cancelled it and waits for no reply
+            self.interrupted.discard(request["id"])
+            reply = {"status": "sandbox_error", "stderr": _b64(b"the sandbox was reset during the run")}
         except Exception as exc:
             reply = {"status": "sandbox_error", "stderr": _b64(f"executor failed: {exc!r}".encode())}
         reply["id"] = request["id"]
         self.send(reply)
 
+    def zygote_for(self, request, env):
+        """The ready fork server for this run, if it is one that a forked interpreter serves as well."""
+        isolated = request.get("isolated")
+        if not ZYGOTE_SOURCE or request["language"] != "python" or not isolated:
+            return None
+        key = json.dumps(
+            [isolated["flags"], {k: v for k, v in env.items() if k != "ALIGNGYM_RUN"}], sort_keys=True
+        )
+        if self.zygote is not None and (self.zygote.dead or self.zygote.key != key):
+            self.zygote.close()
+            self.zygote = None
+        if self.zygote is None and self.zygote_starts < ZYGOTE_STARTS:
+            self.zygote_starts += 1
+            runner = shutil.which(RUNNER["python"], path=env["PATH"]) or RUNNER["python"]
+            base = {k: v for k, v in env.items() if k != "ALIGNGYM_RUN"}
+            try:
+                self.zygote = Zygote(key, runner, isolated["flags"], base)
+            except OSError:
+                return None
+            return None  # it starts in the background; this run is spawned
+        return self.zygote if self.zygote is not None and self.zygote.ready else None
+
+    async def launch(self, request, code_file, env, fds):
+        """Start the program with ``fds`` as its stdio: forked from the warm interpreter when one serves
+        this kind of run, else spawned (``prlimit`` and the runner, in a new session)."""
+        zygote = self.zygote_for(request, env)
+        if zygote is not None:
+            job = {"id": request["id"], "program": code_file, "env": env, "cwd": ROOT, "nice": PROGRAM_NICE}
+            job["limits"] = run_limits(request)
+            pid = await zygote.fork(job, fds)
+            if pid is not None:
+                return pid
+        argv = self._argv(request, code_file, env)
+        # Python ignores SIGPIPE and SIGXFSZ; the program gets the default actions back.
+        return os.posix_spawn(
+            argv[0],
+            argv,
+            env,
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)],
+            setsid=True,
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            setsigmask=(),
+        )
+
     def _argv(self, request, code_file, env):
-        limits = {"cpu": int(request["timeout"]) + 2, "fsize": request["fsize"], "core": 0}
+        limits = run_limits(request)
         runner = shutil.which(RUNNER[request["language"]], path=env["PATH"]) or RUNNER[request["language"]]
         if self.prlimit:
             prefix = [self.prlimit] + [f"--{k}={v}" for k, v in limits.items()] + ["--"]
@@ -382,29 +667,16 @@ class Executor:
             raise
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        actions = [
-            (os.POSIX_SPAWN_DUP2, in_r, 0),
-            (os.POSIX_SPAWN_DUP2, out_w, 1),
-            (os.POSIX_SPAWN_DUP2, err_w, 2),
-        ]
-        argv = self._argv(request, code_file, env)
         oom_before = oom_kills()
         started = time.monotonic()
         try:
-            # Python ignores SIGPIPE and SIGXFSZ; the program gets the default actions back.
-            pid = os.posix_spawn(
-                argv[0],
-                argv,
-                env,
-                file_actions=actions,
-                setsid=True,
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-                setsigmask=(),
-            )
-        except OSError as exc:
+            pid = await self.launch(request, code_file, env, (in_r, out_w, err_w))
+        except BaseException as exc:  # a reset's cancellation included
             for fd in (out_r, err_r):
                 os.close(fd)
             shutil.rmtree(code_dir, ignore_errors=True)
+            if not isinstance(exc, OSError):
+                raise
             return {"status": "sandbox_error", "stderr": _b64(f"could not start: {exc}".encode())}
         finally:
             for fd in (out_w, err_w, in_r):
@@ -416,7 +688,10 @@ class Executor:
         except OSError:
             pass
         exited = loop.create_future()
-        self.children[pid] = exited
+        if pid in self.early:  # a forked run that ended before its pid reached us
+            exited.set_result(self.early.pop(pid))
+        else:
+            self.children[pid] = exited
         self.roots.add(pid)
         self.tokens.add(token)
         try:
@@ -457,7 +732,7 @@ class Executor:
         if timed_out:
             status, rc = "timeout", None
         elif overflow.is_set():
-            status, rc = "output_limit", None if killed else rc
+            status, rc = "output_limit", None  # stopped by us, even if a broken pipe ended it first
         elif rc == 128 + signal.SIGXCPU:
             status = "timeout"  # RLIMIT_CPU
         elif rc not in (0, None) and (

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
+import hashlib
 import itertools
 import json
 import os
@@ -22,6 +23,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .base import RunResult
@@ -33,6 +35,43 @@ SERVER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_forks
 _CHUNK = 64 * 1024
 _GRACE_S = 1.0
 _SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+
+@dataclass(frozen=True)
+class Prelude:
+    """The start of trusted programs, which a fork server runs once and forks their runs from (``trust_prelude``)."""
+
+    text: bytes
+    digest: str
+
+
+_preludes: list[Prelude] = []
+_preludes_lock = threading.Lock()
+
+
+def trust_prelude(text: str) -> None:
+    """Vouch for ``text`` as the start of trusted programs (a grader's harness: module definitions, no work).
+
+    A fork server then runs it once, in the server, the first time an isolated Python run's program starts
+    with it, and forks such runs from that state: they execute only the rest of their program, and skip
+    compiling and loading what every one of them loads alike. The state is the same a run of the whole
+    program would build, so nothing changes for the program; other runs do not see the prelude's modules.
+    Only text passed here (by the host's own code) is ever run in a server: a program that merely starts the
+    same way gets the same state, and any other isolated program runs whole. ``text`` ends with a newline.
+    """
+    if not text.endswith("\n"):
+        raise ValueError("a prelude must end with a newline")
+    data = text.encode()
+    prelude = Prelude(data, hashlib.sha256(data).hexdigest())
+    with _preludes_lock:
+        if prelude not in _preludes:
+            _preludes.append(prelude)
+
+
+def trusted_prelude(code: bytes) -> Prelude | None:
+    """The trusted prelude ``code`` starts with (the longest), if any."""
+    found = [p for p in _preludes if code.startswith(p.text)]
+    return max(found, key=lambda p: len(p.text)) if found else None
 
 
 class ServerGone(Exception):
@@ -157,6 +196,7 @@ class ForkServer:
         self._active: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
         self._dead = False
         self._closed = False
+        self._preloaded: set[str] = set()  # digests of the preludes sent to the server
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self, timeout: float) -> None:
@@ -262,6 +302,19 @@ class ForkServer:
             else:
                 self._ctl.send(data)
 
+    def _preload(self, prelude: Prelude) -> None:
+        """Send ``prelude`` to the server unless it has it; a run referring to it is always sent after it."""
+        with self._send_lock:
+            if prelude.digest in self._preloaded:
+                return
+            assert self._ctl is not None
+            fd = _memfd("prelude", prelude.text)
+            try:
+                socket.send_fds(self._ctl, [b"P" + json.dumps({"digest": prelude.digest}).encode()], [fd])
+            finally:
+                os.close(fd)
+            self._preloaded.add(prelude.digest)
+
     def _send_kill(self, run_id: int) -> None:
         with contextlib.suppress(OSError):
             self._send(b"K", {"id": run_id})
@@ -309,8 +362,10 @@ class ForkServer:
         rlimits: dict[str, int],
         cap: int,
         isolated: dict[str, Any] | None = None,
+        prelude: Prelude | None = None,
     ) -> RunResult:
-        """Run one program; ``isolated``: ``base.isolated_request`` for an isolated run (see ``Sandbox``).
+        """Run one program; ``isolated``: ``base.isolated_request`` for an isolated run (see ``Sandbox``);
+        ``prelude``: the trusted prelude ``code`` starts with, to fork the run from (see ``trust_prelude``).
 
         ``ServerGone``: the server did not take the run.
         """
@@ -324,6 +379,8 @@ class ForkServer:
             "stdin": stdin is not None,
             "isolated": isolated,
         }
+        if prelude is not None:
+            body["prelude"] = prelude.digest
         sent: list[int] = []
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -338,6 +395,8 @@ class ForkServer:
             oom_before = self.cgroup.oom_kills() if self.cgroup is not None else 0
             started = time.monotonic()
             try:
+                if prelude is not None:
+                    self._preload(prelude)
                 self._send(b"R", body, sent)
             except OSError as exc:
                 with self._lock:
@@ -387,7 +446,8 @@ class ForkServer:
             )
         rc = report[1]["code"]
         # Any OOM kill in the sandbox during this run: a failed run whose children were killed hit the limit too.
-        oom = self.cgroup is not None and self.cgroup.oom_kills() > oom_before
+        # Only a failed run can have been OOM-killed: a run that exited 0 saves reading the counter again.
+        oom = rc != 0 and self.cgroup is not None and self.cgroup.oom_kills() > oom_before
         return finish(
             rc,
             out.buf,

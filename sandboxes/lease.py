@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from .base import Sandbox
@@ -52,3 +53,8 @@ class SandboxLease:
         sandbox, self._sandbox = self._sandbox, None
         if sandbox is not None and self._pool is not None:
             self._pool.release(sandbox)
+
+    async def arelease(self) -> None:
+        """``release`` for async code: the reset (or a container's removal) runs off the event loop."""
+        if self._sandbox is not None:
+            await asyncio.to_thread(self.release)

@@ -18,7 +18,14 @@ from typing import Any
 from . import bwrap, limits
 from .base import Language, RunResult, Sandbox, SandboxConfig, SandboxError, Slot, isolated_request
 from .cap import acquire_slot
-from .forkserver import SERVER_SCRIPT, ForkServer, ServerGone, ServerStartError, ServerUnsupported
+from .forkserver import (
+    SERVER_SCRIPT,
+    ForkServer,
+    ServerGone,
+    ServerStartError,
+    ServerUnsupported,
+    trusted_prelude,
+)
 from .owner import local_dir_prefix
 from .reaper import reap_local_orphans_once
 from .supervise import kill_tree, supervise
@@ -206,6 +213,8 @@ class LocalSandbox(Sandbox):
         )
         source = code.encode()
         spec = isolated_request(language, bwrap.program_path()) if isolated else None
+        # Only an isolated run may start from a prelude: the server ran it in the state isolation gives.
+        prelude = trusted_prelude(source) if isolated and language == "python" else None
         for _ in range(2):  # a server found dead took nothing: start a fresh one and send the run there
             server = self._server
             if server is None or not server.alive:
@@ -219,7 +228,14 @@ class LocalSandbox(Sandbox):
                     return RunResult("sandbox_error", stderr=str(exc))
             try:
                 return await server.run(
-                    language, source, data, limit, rlimits, cfg.max_output_bytes, isolated=spec
+                    language,
+                    source,
+                    data,
+                    limit,
+                    rlimits,
+                    cfg.max_output_bytes,
+                    isolated=spec,
+                    prelude=prelude,
                 )
             except ServerGone:
                 continue

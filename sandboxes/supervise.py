@@ -148,7 +148,7 @@ def finish(
     if timed_out:
         status, rc = "timeout", None
     elif overflow:
-        status, rc = "output_limit", None if killed else rc
+        status, rc = "output_limit", None  # stopped by us, even if a broken pipe ended it first
     elif rc == 128 + signal.SIGXCPU:
         status = "timeout"  # RLIMIT_CPU
     elif rc != 0 and (oom or _mentions_memory(err)):

@@ -24,6 +24,7 @@ from aligngym.sandboxes import (
     SandboxConfig,
     SandboxError,
     docker_image,
+    docker_pool,
     ensure_image,
     make_sandbox,
     reap_orphans,
@@ -478,6 +479,7 @@ def test_factory_builds_docker_sandboxes(image):
     assert backend.SANDBOX_DIR == "/sandbox" and SandboxConfig().image == "aligngym-sandbox:latest"
     source = textwrap.dedent(backend._EXECUTOR_SOURCE)
     compile(source, "executor.py", "exec")  # shipped as `python3 -c`, so it must stand alone
+    compile(docker_pool.executor_source(), "executor.py", "exec")  # with the fork server's source in front
     with make_sandbox("docker", config=SandboxConfig(pids=9), timeout=3) as sandbox:
         assert (sandbox.config.timeout, sandbox.config.pids) == (3, 9)
 
@@ -504,6 +506,8 @@ def test_one_cap_counts_sandboxes_of_every_backend(image):
     from aligngym.sandboxes import cap, make_sandbox
 
     old = cap.max_sandboxes()
+    for thread in list(backend.default_pool()._filling.values()):
+        thread.join(60)  # spares still starting would join the count below, then be evicted on demand
     while cap.evict_idle():  # warm spares left by other tests would be evicted on demand; drop them now
         pass
     docker_pool = DockerPool(size=0)

@@ -356,8 +356,8 @@ def test_reset_mid_episode_gives_the_next_episode_a_clean_sandbox(kind, how):
     pool = get_pool(backend, **config)
     stats = pool.stats()
     pool.close()
-    # Local: the same sandbox came back, reset; docker replaces the container instead.
-    assert (stats.created, stats.reused) == ((1, 1) if backend == "local" else (2, 0)), stats
+    # The same sandbox came back, reset (docker: the same container, reset in place).
+    assert (stats.created, stats.reused) == (1, 1), stats
 
 
 @pytest.mark.parametrize("kind", [_on("fork"), _on("oneshot"), _on("docker")])
@@ -396,4 +396,4 @@ def test_pool_reset_kills_runs_and_wipes_workdir_and_tmp(kind):
         assert seen.stdout == "[] [] []\n", seen
         pool.release(again)
         stats = pool.stats()
-    assert stats.reused == (1 if backend == "local" else 0), stats
+    assert stats.reused == 1, stats
