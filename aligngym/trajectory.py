@@ -6,7 +6,7 @@ import json
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -89,7 +89,9 @@ class Trajectory:
     def to_json(self) -> str:
         """One line of JSON (no newline) in the row format of ``aligngym.rows``, the same columns for every env;
         non-JSON values in ``info`` are stringified, not dropped."""
-        return json.dumps(encode_row(_jsonable(asdict(self))), ensure_ascii=False, allow_nan=False)
+        # Fields taken as they are, not through asdict's deep copy: _jsonable rebuilds every container anyway.
+        row = {f.name: getattr(self, f.name) for f in fields(self)}
+        return json.dumps(encode_row(_jsonable(row)), ensure_ascii=False, allow_nan=False)
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Trajectory:
@@ -109,6 +111,8 @@ def _jsonable(value: Any) -> Any:
         return value
     if hasattr(value, "item"):  # numpy / torch scalars
         return _jsonable(value.item())
+    if is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(asdict(value))
     return repr(value)
 
 
