@@ -53,3 +53,25 @@ def room():
 
     yield set_room
     set_max_sandboxes(saved)
+
+
+@pytest.fixture
+def scratch():
+    """``scratch(cls, **kwargs)`` registers ``cls`` under a test id for this test only; returns the id."""
+    import gymnasium as gym
+
+    from aligngym.envs import register, registry
+
+    ids = []
+
+    def add(cls, **kwargs):
+        kind = "Multi" if kwargs.get("multi_agent") else ""
+        env_id = f"conformance-test/{kind}{cls.__name__}-v0"
+        register(env_id, cls, **kwargs)
+        ids.append(env_id)
+        return env_id
+
+    yield add
+    for env_id in ids:
+        registry._ENTRIES.pop(env_id, None)
+        gym.registry.pop(env_id, None)

@@ -8,7 +8,7 @@ import gymnasium as gym
 import pytest
 
 import aligngym
-from aligngym.envs import StepResult, TextEnv, register, registry
+from aligngym.envs import StepResult, TextEnv
 
 
 class Sound(TextEnv):
@@ -105,23 +105,6 @@ class NanReward(Sound):
 
     def turn(self, action):
         return StepResult("Again.", float("nan"), False, components={"correct": 0.0})
-
-
-@pytest.fixture
-def scratch():
-    """``scratch(cls)`` registers ``cls`` under a test id for this test only; returns the id."""
-    ids = []
-
-    def add(cls, **kwargs):
-        env_id = f"conformance-test/{cls.__name__}-v0"
-        register(env_id, cls, **kwargs)
-        ids.append(env_id)
-        return env_id
-
-    yield add
-    for env_id in ids:
-        registry._ENTRIES.pop(env_id, None)
-        gym.registry.pop(env_id, None)
 
 
 def test_a_sound_env_passes(scratch):

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import itertools
 
-import gymnasium as gym
 import pytest
 
 import aligngym
-from aligngym.envs import register, registry
 from aligngym.envs.multi_agent import MultiAgentTextEnv, RoundResult
 from aligngym.envs.registry import registered
 
@@ -67,25 +65,8 @@ class ClosesOnce(Pair):
         self.closed = True
 
 
-@pytest.fixture
-def scratch():
-    """``scratch(cls)`` registers ``cls`` as a multi-agent test id for this test only; returns the id."""
-    ids = []
-
-    def add(cls):
-        env_id = f"conformance-test/Multi{cls.__name__}-v0"
-        register(env_id, cls, multi_agent=True)
-        ids.append(env_id)
-        return env_id
-
-    yield add
-    for env_id in ids:
-        registry._ENTRIES.pop(env_id, None)
-        gym.registry.pop(env_id, None)
-
-
 def test_a_sound_multi_agent_env_passes(scratch):
-    aligngym.check_conformance(scratch(Pair))
+    aligngym.check_conformance(scratch(Pair, multi_agent=True))
 
 
 @pytest.mark.parametrize(
@@ -97,7 +78,7 @@ def test_a_sound_multi_agent_env_passes(scratch):
     ],
 )
 def test_a_broken_multi_agent_env_fails_naming_the_property(scratch, cls, failed):
-    env_id = scratch(cls)
+    env_id = scratch(cls, multi_agent=True)
     with pytest.raises(AssertionError) as caught:
         aligngym.check_conformance(env_id)
     assert str(caught.value).startswith(f"{env_id}: {failed}"), str(caught.value)
